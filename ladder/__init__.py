@@ -1,0 +1,1 @@
+"""Shared kernel of Ladder: the messages every process exchanges, settings, and the `ladder` command."""

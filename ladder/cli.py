@@ -1,0 +1,274 @@
+"""The `ladder` command: enqueue, worker, sink, run, results, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from ladder.app import App, open_app
+from ladder.logs import configure_logging
+from ladder.messages import Rejection
+from ladder.output import FORMATS, render
+from ladder.report import SPEND_BY, SPEND_COLUMNS, SpendReport, with_total
+from ladder.results import batch_counts, batch_records, result_line
+from ladder.settings import Settings
+from policies.config import CLASSIFY_QUEUE, PolicyError
+from producer.submit import SubmitReport
+from worker.classifier_worker import classifier_worker
+from worker.providers import MissingKeyError
+from worker.tier_worker import tier_worker
+
+log = structlog.get_logger("ladder")
+out = Console()
+err = Console(stderr=True)
+_json = msgspec.json.Encoder()
+
+
+def _progress(console: Console, *columns: Any) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), *columns, TimeElapsedColumn(), console=console)
+
+
+async def _enqueue_file(app: App, path: Path, batch: str, rejects_path: Path, quiet: bool) -> SubmitReport:
+    rejects = rejects_path.open("wb")
+    shown = 0
+
+    def on_reject(r: Rejection) -> None:
+        nonlocal shown
+        rejects.write(_json.encode(r) + b"\n")
+        if shown < 20 and not quiet:
+            err.print(f"[yellow]line {r.line}[/]: {r.reason}", highlight=False)
+        shown += 1
+
+    try:
+        with _progress(err, DownloadColumn()) as bar:
+            task = bar.add_task(f"enqueue {path.name}", total=path.stat().st_size)
+            report = await app.producer().submit_file(
+                path, batch, on_reject, lambda done: bar.update(task, completed=done)
+            )
+            bar.update(task, completed=path.stat().st_size)
+    finally:
+        rejects.close()
+    if report.rejected == 0:
+        rejects_path.unlink(missing_ok=True)
+    elif shown > 20 and not quiet:
+        err.print(f"... {shown - 20} more rejected lines")
+    return report
+
+
+def _print_submit(report: SubmitReport, fmt: str, rejects_path: Path) -> None:
+    rows = [(tier, n) for tier, n in sorted(report.routed.items())]
+    notes = [
+        f"batch {report.batch}: {report.lines:,} lines, {report.accepted:,} accepted, "
+        f"{report.duplicates:,} duplicates skipped, {report.rejected:,} rejected"
+        + (f" (see {rejects_path})" if report.rejected else "")
+    ]
+    if fmt == "json":
+        out.print_json(_json.encode(report).decode())
+        return
+    render("jobs queued per tier", ["queue", "jobs"], rows, fmt, out, notes)
+
+
+async def cmd_enqueue(app: App, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    rejects = Path(args.rejects or f"{path}.rejects.jsonl")
+    report = await _enqueue_file(app, path, args.batch, rejects, args.format != "table")
+    _print_submit(report, args.format, rejects)
+    return 0
+
+
+async def cmd_worker(app: App, args: argparse.Namespace) -> int:
+    if args.classifier:
+        worker = classifier_worker(app.classifier_runtime(), burst=args.burst, max_jobs=args.concurrency)
+    else:
+        if args.tier not in app.settings.policies.tier_names:
+            err.print(f"--tier: '{args.tier}' is not a tier ({', '.join(app.settings.policies.tier_names)})")
+            return 2
+        worker = tier_worker(app.tier_runtime(), args.tier, burst=args.burst, max_jobs=args.concurrency)
+    log.info("worker started", queue=worker.queue_name, burst=args.burst)
+    await worker.async_run()
+    log.info("worker stopped", queue=worker.queue_name, done=worker.jobs_complete, failed=worker.jobs_failed)
+    return 0
+
+
+async def cmd_sink(app: App, args: argparse.Namespace) -> int:
+    sink = app.sink(args.batch_size)
+    stats = await sink.run(burst=args.burst)
+    log.info("sink stopped", inserted=stats.inserted, batches=stats.batches, malformed=stats.malformed)
+    return 0
+
+
+async def _wait_settled(app: App, batch: str, done: asyncio.Event) -> dict[str, int]:
+    with _progress(err, MofNCompleteColumn()) as bar:
+        task = bar.add_task("jobs settled", total=None)
+        while True:
+            counts = await batch_counts(app.redis, app.keys, batch)
+            bar.update(task, total=counts.get("accepted", 0), completed=counts.get("final", 0))
+            if counts.get("final", 0) >= counts.get("accepted", 0):
+                done.set()
+                return counts
+            await asyncio.sleep(0.2)
+
+
+async def cmd_run(app: App, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    batch = args.batch or path.stem
+    rejects = Path(args.rejects or f"{path}.rejects.jsonl")
+    started = time.perf_counter()
+    report = await _enqueue_file(app, path, batch, rejects, args.format != "table")
+    if args.format == "table":
+        _print_submit(report, "table", rejects)
+    sink = app.sink()
+    stop_sink = asyncio.Event()
+    sink_task = asyncio.create_task(sink.run(stop=stop_sink))
+    done = asyncio.Event()
+    tiers = app.settings.policies.tier_names
+    workers = asyncio.create_task(app.workers_until(done, tiers, classifier=True))
+    counts = await _wait_settled(app, batch, done)
+    await workers
+    stop_sink.set()
+    await sink_task
+    await sink.run(burst=True)  # whatever the workers streamed last
+    rows = await asyncio.to_thread(_final_rows, app, batch)
+    if rows < counts.get("accepted", 0):
+        err.print(f"[red]only {rows} of {counts['accepted']} final outcomes reached ClickHouse[/]")
+        return 1
+    elapsed = time.perf_counter() - started
+    await _print_spend(app, "tier", batch, args.format)
+    if args.format == "table":
+        out.print(
+            f"{counts.get('final', 0):,} jobs settled in {elapsed:.1f}s: {counts.get('ok', 0):,} ok, "
+            f"{counts.get('dead', 0):,} dead-lettered, {counts.get('escalations', 0):,} escalations. "
+            f"Results: ladder results --batch {batch} -o {batch}.results.jsonl"
+        )
+    return 0
+
+
+def _final_rows(app: App, batch: str) -> int:
+    rows = app.clickhouse().query(
+        "SELECT count() FROM {db}.outcomes FINAL WHERE batch = {batch:String} AND final", {"batch": batch}
+    )
+    return int(rows[0][0])
+
+
+async def _print_spend(app: App, by: str, batch: str, fmt: str) -> None:
+    report = SpendReport(app.clickhouse())
+    rows = await asyncio.to_thread(report.by, by, batch)
+    simulated = await asyncio.to_thread(report.simulated_rows, batch)
+    notes = []
+    if simulated:
+        notes.append(f"SIMULATED: {simulated:,} rows were answered by the simulated provider (no API key set).")
+    title = f"spend by {by}" + (f", batch {batch}" if batch else "")
+    render(title, SPEND_COLUMNS, with_total(rows), fmt, out, notes)
+
+
+async def cmd_report(app: App, args: argparse.Namespace) -> int:
+    await asyncio.to_thread(app.clickhouse().migrate)
+    await _print_spend(app, args.by, args.batch or "", args.format)
+    return 0
+
+
+async def cmd_results(app: App, args: argparse.Namespace) -> int:
+    tally: dict[str, int] = {}
+    target = Path(args.output)
+    with target.open("wb") as f:
+        async for record in batch_records(app.redis, app.keys, args.batch):
+            f.write(_json.encode(result_line(record)) + b"\n")
+            tally[record.status] = tally.get(record.status, 0) + 1
+    if not tally:
+        err.print(f"batch '{args.batch}' has no jobs (or its records expired)")
+        return 1
+    render(f"results of batch {args.batch} -> {target}", ["status", "jobs"], sorted(tally.items()), args.format, out)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ladder", description=__doc__)
+    p.add_argument("--policies", help="policies file (default: $LADDER_POLICIES, else the packaged default)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def fmt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--format", choices=FORMATS, default="table")
+
+    e = sub.add_parser("enqueue", help="stream a JSONL file of jobs into the queues")
+    e.add_argument("file")
+    e.add_argument("--batch", required=True)
+    e.add_argument("--rejects", help="where bad lines go (default: FILE.rejects.jsonl)")
+    fmt(e)
+    w = sub.add_parser("worker", help="run a tier worker or the classifier worker")
+    g = w.add_mutually_exclusive_group(required=True)
+    g.add_argument("--tier")
+    g.add_argument("--classifier", action="store_true", help=f"consume the {CLASSIFY_QUEUE} queue")
+    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--concurrency", type=int, default=64)
+    s = sub.add_parser("sink", help="move outcome events into ClickHouse")
+    s.add_argument("--burst", action="store_true", help="exit when no event is left")
+    s.add_argument("--batch-size", type=int, default=5000)
+    r = sub.add_parser("run", help="enqueue a file and process it to the end in this one process")
+    r.add_argument("file")
+    r.add_argument("--batch", help="batch name (default: the file's stem)")
+    r.add_argument("--rejects")
+    fmt(r)
+    res = sub.add_parser("results", help="write one JSON line per job of a batch")
+    res.add_argument("--batch", required=True)
+    res.add_argument("-o", "--output", required=True)
+    fmt(res)
+    rep = sub.add_parser("report", help="reports from ClickHouse")
+    rep_sub = rep.add_subparsers(dest="report", required=True)
+    spend = rep_sub.add_parser("spend", help="requests, tokens and cost grouped one way")
+    spend.add_argument("--by", choices=list(SPEND_BY), default="model")
+    spend.add_argument("--batch")
+    fmt(spend)
+    return p
+
+
+COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "enqueue": cmd_enqueue,
+    "worker": cmd_worker,
+    "sink": cmd_sink,
+    "run": cmd_run,
+    "results": cmd_results,
+    "report": cmd_report,
+}
+
+
+async def _main(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_app(settings) as app:
+        return await COMMANDS[args.command](app, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(args.policies)
+    except PolicyError as e:
+        err.print(f"[red]policies:[/] {e}", highlight=False)
+        return 2
+    configure_logging(settings.log_format, settings.env)
+    try:
+        return asyncio.run(_main(settings, args))
+    except (MissingKeyError, PolicyError, FileNotFoundError) as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

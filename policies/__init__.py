@@ -1,0 +1,1 @@
+"""Decisions without I/O: tiers, models, prices and rules."""

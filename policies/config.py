@@ -1,0 +1,182 @@
+"""The policies file: tiers, candidates, providers, prices, rules and limits.
+
+Loaded and validated once at start-up; everything downstream receives the frozen `Policies`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+CLASSIFY_QUEUE = "classify"
+
+ProviderKind = Literal["anthropic", "openai", "gemini"]
+
+
+class PolicyError(ValueError):
+    """The policies file is wrong; the message names the field."""
+
+
+class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: ProviderKind
+    api_key_env: str = ""  # empty: the SDK's own variable (ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY)
+    base_url: str = ""  # empty: the SDK's own variable or default
+
+
+class Candidate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    provider: str
+    model: str
+
+
+class Tier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    candidates: list[Candidate]
+
+
+class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """USD per million tokens."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+
+
+class ClassifyBand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Jobs no rule decided that still look like they might need more than the cheap tier."""
+
+    enabled: bool = True
+    min_input_tokens: int = 300
+    tasks: list[str] = msgspec.field(default_factory=lambda: ["generation"])
+
+
+class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    premium_features: list[str] = []
+    premium_tier: str = "premium"
+    input_token_threshold: int = 2000
+    long_input_tier: str = "standard"
+    premium_keywords: list[str] = []
+    keyword_tier: str = "standard"
+    default_tier: str = "cheap"
+    classify: ClassifyBand = ClassifyBand()
+
+
+class Classifier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    provider: str = "openai"
+    model: str = "gpt-4o-mini"
+    simple_confidence: float = 0.8  # simple and confidence above this: cheapest tier
+    complex_confidence: float = 0.6  # complex, or confidence below this: top tier
+    safe_tier: str = "premium"  # where a job goes when the classifier's answer cannot be used
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_prompt_chars: int = 400_000
+    max_output_tokens: int = 8192
+    job_timeout_s: int = 300
+    result_ttl_s: int = 7 * 24 * 3600
+
+
+class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    tiers: list[Tier]
+    providers: dict[str, ProviderConfig] = {}
+    rules: Rules = Rules()
+    classifier: Classifier = Classifier()
+    prices: dict[str, Price] = {}
+    limits: Limits = Limits()
+    strategy: str = "rules-v1"
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self.tiers]
+
+    @property
+    def top_tier(self) -> Tier:
+        return self.tiers[-1]
+
+    def tier(self, name: str) -> Tier:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def next_tier(self, name: str) -> str | None:
+        names = self.tier_names
+        i = names.index(name)
+        return names[i + 1] if i + 1 < len(names) else None
+
+
+DEFAULT_PROVIDERS = {
+    "anthropic": ProviderConfig(kind="anthropic"),
+    "openai": ProviderConfig(kind="openai"),
+    "gemini": ProviderConfig(kind="gemini"),
+}
+
+
+def _check(p: Policies) -> Policies:
+    if not p.tiers:
+        raise PolicyError("tiers: at least one tier is required")
+    names = p.tier_names
+    if len(set(names)) != len(names):
+        raise PolicyError(f"tiers: duplicate tier names in {names}")
+    if CLASSIFY_QUEUE in names:
+        raise PolicyError(f"tiers: '{CLASSIFY_QUEUE}' is reserved for the classify queue")
+    for t in p.tiers:
+        if not t.candidates:
+            raise PolicyError(f"tiers.{t.name}.candidates: at least one candidate is required")
+        for c in t.candidates:
+            if c.provider not in p.providers:
+                raise PolicyError(f"tiers.{t.name}.candidates: unknown provider '{c.provider}'")
+    return _check_rules(p)
+
+
+def _check_rules(p: Policies) -> Policies:
+    names = p.tier_names
+    r = p.rules
+    for field, value in (
+        ("premium_tier", r.premium_tier),
+        ("long_input_tier", r.long_input_tier),
+        ("keyword_tier", r.keyword_tier),
+        ("default_tier", r.default_tier),
+    ):
+        if value not in names:
+            raise PolicyError(f"rules.{field}: '{value}' is not a tier (tiers: {', '.join(names)})")
+    if p.classifier.safe_tier not in names:
+        raise PolicyError(f"classifier.safe_tier: '{p.classifier.safe_tier}' is not a tier")
+    if p.classifier.provider not in p.providers:
+        raise PolicyError(f"classifier.provider: unknown provider '{p.classifier.provider}'")
+    return p
+
+
+def parse_policies(text: str, source: str = "<policies>") -> Policies:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{source}: not valid TOML: {e}") from None
+    providers = dict(DEFAULT_PROVIDERS)
+    try:
+        user_providers = msgspec.convert(raw.pop("providers", {}), dict[str, ProviderConfig], str_keys=True)
+        providers.update(user_providers)
+        raw["providers"] = {k: msgspec.to_builtins(v) for k, v in providers.items()}
+        policies = msgspec.convert(raw, Policies, str_keys=True)
+    except msgspec.ValidationError as e:
+        raise PolicyError(f"{source}: {e}") from None
+    return _check(policies)
+
+
+def default_policies_text() -> str:
+    return resources.files("policies").joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def load_policies(path: str | os.PathLike[str] | None = None) -> Policies:
+    """The file named by `path`, else by LADDER_POLICIES, else the packaged default."""
+    chosen = path or os.environ.get("LADDER_POLICIES")
+    if not chosen:
+        return parse_policies(default_policies_text(), "policies/default.toml")
+    p = Path(chosen)
+    if not p.is_file():
+        raise PolicyError(f"policies file not found: {p}")
+    return parse_policies(p.read_text(encoding="utf-8"), str(p))

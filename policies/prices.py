@@ -1,0 +1,53 @@
+"""Exact cost of a call: genai-prices, with the policies file's overrides winning."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+
+from genai_prices import Usage, calc_price
+
+from policies.config import Candidate, Policies, PolicyError, ProviderKind
+
+MILLION = Decimal(1_000_000)
+
+# genai-prices names Google's API "google"; ours is named after the SDK.
+_PRICE_PROVIDER: dict[ProviderKind, str] = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
+
+
+class PriceBook:
+    """Prices for every candidate of the policies, checked at start-up so no call runs unpriced."""
+
+    def __init__(self, policies: Policies) -> None:
+        self._policies = policies
+        top = policies.top_tier.candidates[0]
+        self.counterfactual = top
+        for tier in policies.tiers:
+            for c in tier.candidates:
+                self.cost(c, 1, 1)  # raises PolicyError if the model has no price
+        classifier = Candidate(policies.classifier.provider, policies.classifier.model)
+        self.cost(classifier, 1, 1)
+
+    def cost(self, candidate: Candidate, input_tokens: int, output_tokens: int) -> Decimal:
+        override = self._policies.prices.get(candidate.model)
+        if override is not None:
+            return (override.input_per_mtok * input_tokens + override.output_per_mtok * output_tokens) / MILLION
+        kind = self._policies.providers[candidate.provider].kind
+        return _catalogue_cost(_PRICE_PROVIDER[kind], candidate.model, input_tokens, output_tokens)
+
+    def counterfactual_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """What the same tokens would have cost on the top tier's first model."""
+        return self.cost(self.counterfactual, input_tokens, output_tokens)
+
+
+@lru_cache(maxsize=65536)
+def _catalogue_cost(provider_id: str, model: str, input_tokens: int, output_tokens: int) -> Decimal:
+    try:
+        price = calc_price(
+            Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            model_ref=model,
+            provider_id=provider_id,
+        )
+    except LookupError as e:
+        raise PolicyError(f"prices: no price known for {provider_id} model '{model}'; add [prices.\"{model}\"]") from e
+    return Decimal(price.total_price)

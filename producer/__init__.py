@@ -1,0 +1,1 @@
+"""Taking jobs in: parsing, validation, the rules pass and pipelined enqueue."""

@@ -1,0 +1,85 @@
+"""The one seam between Ladder and a model provider.
+
+Each SDK lives in its own module behind `Provider`; each maps its SDK's exceptions, once, into
+the few classes below, so nothing above this layer imports an SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from ladder.messages import Message
+
+
+class CompletionRequest(msgspec.Struct, frozen=True):
+    model: str
+    messages: list[Message]
+    max_output_tokens: int
+    json_mode: bool = False
+
+
+class Completion(msgspec.Struct, frozen=True):
+    text: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str  # normalized: "stop" | "length" | "other"
+
+
+class ProviderError(Exception):
+    """A failed provider call. `error_class` is what lands in the outcome row."""
+
+    error_class = "error"
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RateLimited(ProviderError):
+    error_class = "rate_limited"
+
+
+class Overloaded(ProviderError):
+    error_class = "overloaded"
+
+
+class Transient(ProviderError):
+    """5xx, timeouts and connection failures: the same call may succeed later."""
+
+    error_class = "transient"
+
+
+class BadRequest(ProviderError):
+    """The request itself is wrong (400, 404, 422): retrying it unchanged cannot help."""
+
+    error_class = "bad_request"
+
+
+class Fatal(ProviderError):
+    """Authentication, permission or account problems: stop, a person must act."""
+
+    error_class = "fatal"
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, request: CompletionRequest) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+def error_for_status(status: int, message: str, retry_after: float | None = None) -> ProviderError:
+    """Map an HTTP status to Ladder's classes; shared by every adapter so they agree."""
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=retry_after)
+    if status in (503, 529):
+        return Overloaded(message, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return Fatal(message, status=status)
+    if 400 <= status < 500 and status != 408:
+        return BadRequest(message, status=status)
+    return Transient(message, status=status, retry_after=retry_after)

@@ -1,0 +1,83 @@
+"""Building the providers named in the policies, once per process.
+
+A provider whose API key is missing is simulated (embedded demo), unless LADDER_REQUIRE_KEYS is
+set, in which case a missing key stops start-up with an error naming the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from policies.config import Policies, ProviderConfig
+from worker.provider import Provider
+from worker.simulated_provider import SimulatedProvider
+
+DEFAULT_KEY_ENV = {
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "openai": ("OPENAI_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+}
+
+
+class MissingKeyError(RuntimeError):
+    pass
+
+
+def _key_vars(config: ProviderConfig) -> tuple[str, ...]:
+    return (config.api_key_env,) if config.api_key_env else DEFAULT_KEY_ENV[config.kind]
+
+
+def _build(name: str, config: ProviderConfig, key: str | None) -> Provider:
+    base_url = config.base_url or None
+    if config.kind == "anthropic":
+        from worker.anthropic_provider import AnthropicProvider
+
+        return AnthropicProvider(api_key=key, base_url=base_url)
+    if config.kind == "openai":
+        from worker.openai_provider import OpenAIProvider
+
+        return OpenAIProvider(api_key=key, base_url=base_url, name=name)
+    from worker.gemini_provider import GeminiProvider
+
+    return GeminiProvider(api_key=key, base_url=base_url)
+
+
+class ProviderPool:
+    """One client per provider name; `simulated` lists the names answered by the stand-in."""
+
+    def __init__(
+        self,
+        policies: Policies,
+        env: Mapping[str, str],
+        require_keys: bool = False,
+        simulated_failure_rate: float = 0.0,
+    ) -> None:
+        self._providers: dict[str, Provider] = {}
+        self.simulated: set[str] = set()
+        used = {c.provider for t in policies.tiers for c in t.candidates} | {policies.classifier.provider}
+        for name in sorted(used):
+            config = policies.providers[name]
+            key_vars = _key_vars(config)
+            key = next((env[v] for v in key_vars if env.get(v)), None)
+            if key is None and config.kind == "openai" and config.base_url and not config.api_key_env:
+                key = "unused"  # local OpenAI-compatible servers usually take no key
+            if key is None:
+                if require_keys:
+                    raise MissingKeyError(
+                        f"provider '{name}' has no API key: set {' or '.join(key_vars)} "
+                        "(LADDER_REQUIRE_KEYS forbids the simulated provider)"
+                    )
+                self._providers[name] = SimulatedProvider(name, simulated_failure_rate)
+                self.simulated.add(name)
+            else:
+                self._providers[name] = _build(name, config, key)
+
+    def get(self, name: str) -> Provider:
+        return self._providers[name]
+
+    def is_simulated(self, name: str) -> bool:
+        return name in self.simulated
+
+    async def aclose(self) -> None:
+        for provider in self._providers.values():
+            await provider.aclose()

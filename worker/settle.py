@@ -1,0 +1,158 @@
+"""Settling an attempt: one Redis transaction writes the outcome event and moves the job on.
+
+ok: the job record becomes final. failed: the job is queued one tier up with its attempt history,
+or, on the top tier, goes to the dead-letter stream. Everything in one MULTI/EXEC, so an outcome
+is streamed exactly when the job moved, and a task marked settled is never billed again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from redis.asyncio import Redis
+
+from ladder.keys import Keys
+from ladder.messages import (
+    ENCODER,
+    Attempt,
+    DeadLetter,
+    JobRecord,
+    Outcome,
+    RouteDecision,
+    RouteSource,
+    Status,
+    TierTask,
+)
+from ladder.queueing import add_to_queue
+from policies.config import Policies
+from worker.provider import Completion, ProviderError
+from worker.steps import Call
+
+SETTLED_TTL_S = 7 * 24 * 3600
+ERROR_MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Settled:
+    status: Status
+    next_tier: str | None
+
+
+def _path_entry(attempt: Attempt) -> str:
+    suffix = f"({attempt.error_class})" if attempt.error_class else ""
+    return f"{attempt.tier}:{attempt.provider}/{attempt.model}:{attempt.status.value}{suffix}"
+
+
+def outcome_event(
+    call: Call, status: Status, error: ProviderError | None, completion: Completion | None, simulated: bool
+) -> Outcome:
+    task, job = call.task, call.task.job
+    return Outcome(
+        event_id=f"{job.id}#{call.number}",
+        job_id=job.id,
+        batch=task.batch,
+        customer=job.customer,
+        feature=job.feature,
+        task=job.task.value,
+        route_source=task.route.source,
+        intended_tier=task.first_tier,
+        tier=call.tier,
+        provider=call.candidate.provider,
+        model=call.candidate.model,
+        attempt=call.number,
+        status=status,
+        error_class=error.error_class if error else "",
+        error_message=str(error)[:ERROR_MESSAGE_CHARS] if error else "",
+        input_tokens=completion.input_tokens if completion else 0,
+        output_tokens=completion.output_tokens if completion else 0,
+        cost=call.cost,
+        counterfactual_cost=call.counterfactual_cost,
+        latency_ms=call.latency_ms,
+        started_at=call.started_at,
+        finished_at=time.time(),
+        strategy=task.strategy,
+        simulated=simulated,
+        final=status is not Status.ESCALATED,
+    )
+
+
+class Settler:
+    def __init__(self, redis: Redis, keys: Keys, policies: Policies) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._policies = policies
+        self._record_ttl_ms = policies.limits.result_ttl_s * 1000
+
+    async def already_settled(self, task_id: str) -> bool:
+        return bool(await self._redis.exists(self._keys.settled(task_id)))
+
+    async def settle(
+        self,
+        task_id: str,
+        call: Call,
+        completion: Completion | None,
+        error: ProviderError | None,
+        simulated: bool,
+    ) -> Settled:
+        task, keys = call.task, self._keys
+        next_tier = None if completion is not None else self._policies.next_tier(call.tier)
+        status = Status.OK if completion is not None else Status.ESCALATED if next_tier else Status.DEAD
+        attempt = Attempt(
+            number=call.number,
+            tier=call.tier,
+            provider=call.candidate.provider,
+            model=call.candidate.model,
+            status=status,
+            error_class=error.error_class if error else "",
+            input_tokens=completion.input_tokens if completion else 0,
+            output_tokens=completion.output_tokens if completion else 0,
+            cost=call.cost,
+        )
+        attempts = [*task.attempts, attempt]
+        outcome = outcome_event(call, status, error, completion, simulated)
+        record = JobRecord(
+            id=task.job.id,
+            batch=task.batch,
+            status={Status.OK: "ok", Status.DEAD: "dead"}.get(status, "queued"),
+            first_tier=task.first_tier,
+            tier=next_tier or call.tier,
+            provider=call.candidate.provider,
+            model=call.candidate.model,
+            output=completion.text if completion else "",
+            input_tokens=sum(a.input_tokens for a in attempts),
+            output_tokens=sum(a.output_tokens for a in attempts),
+            cost=sum((a.cost for a in attempts), Decimal(0)),
+            path=[_path_entry(a) for a in attempts],
+            reason=str(error)[:ERROR_MESSAGE_CHARS] if error and status is Status.DEAD else "",
+            simulated=simulated,
+        )
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(keys.outcomes, {"e": ENCODER.encode(outcome)})
+        pipe.set(keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
+        pipe.set(keys.job(task.job.id), ENCODER.encode(record), px=self._record_ttl_ms)
+        counts = keys.batch_counts(task.batch)
+        if status is Status.ESCALATED and next_tier is not None:
+            reason = f"{error.error_class if error else 'failed'} on {call.tier}"
+            add_to_queue(
+                pipe,
+                keys,
+                TierTask(
+                    job=task.job,
+                    batch=task.batch,
+                    route=RouteDecision(next_tier, RouteSource.ESCALATION, reason),
+                    first_tier=task.first_tier,
+                    attempts=attempts,
+                    strategy=task.strategy,
+                ),
+            )
+            pipe.hincrby(counts, "escalations", 1)
+        else:
+            if status is Status.DEAD:
+                letter = DeadLetter(task.job.id, task.batch, record.reason, attempts, task.job)
+                pipe.xadd(keys.deadletter, {"d": ENCODER.encode(letter)})
+            pipe.hincrby(counts, status.value, 1)
+            pipe.hincrby(counts, "final", 1)
+        await pipe.execute()
+        return Settled(status, next_tier)

@@ -1,0 +1,129 @@
+"""The sink: outcome events from the Redis Stream into ClickHouse, in batches, acked after insert.
+
+It reads with a consumer group. Its own unacked entries (from a crash) are read first, and
+entries another consumer left idle are claimed, so nothing is lost; an entry is acked and deleted
+only after the insert returned, and a re-delivered event cannot make a second row (see clickhouse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from ladder.keys import Keys
+from ladder.messages import OUTCOME_DECODER, Outcome
+from worker.clickhouse import ClickHouse
+
+log = structlog.get_logger("ladder.sink")
+
+CLAIM_IDLE_MS = 60_000
+
+
+@dataclass
+class SinkStats:
+    inserted: int = 0
+    batches: int = 0
+    malformed: int = 0
+
+
+class Sink:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        clickhouse: ClickHouse,
+        *,
+        batch_size: int = 5000,
+        block_ms: int = 200,
+        consumer: str | None = None,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ch = clickhouse
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.stats = SinkStats()
+
+    async def setup(self) -> None:
+        await asyncio.to_thread(self._ch.migrate)
+        try:
+            await self._redis.xgroup_create(self._keys.outcomes, self._keys.sink_group, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def run(self, *, burst: bool = False, stop: asyncio.Event | None = None) -> SinkStats:
+        """Move events until stopped; with burst, until the stream has nothing new or pending."""
+        await self.setup()
+        await self._drain("0")  # our own entries left unacked by an earlier run
+        await self._claim_stale()
+        while stop is None or not stop.is_set():
+            moved = await self._drain(">", block=not burst)
+            if burst and moved == 0 and await self._pending() == 0:
+                break
+        return self.stats
+
+    async def _drain(self, start: str, block: bool = False) -> int:
+        """Read and insert batches from `start` until a read comes back empty."""
+        moved = 0
+        while True:
+            resp = await self._redis.xreadgroup(
+                self._keys.sink_group,
+                self.consumer,
+                {self._keys.outcomes: start},
+                count=self._batch_size,
+                block=self._block_ms if block else None,
+            )
+            entries = resp[0][1] if resp else []
+            if not entries:
+                return moved
+            await self._insert(entries)
+            moved += len(entries)
+            if start == ">" and len(entries) < self._batch_size:
+                return moved
+
+    async def _claim_stale(self) -> None:
+        start = "0-0"
+        while True:
+            resp = await self._redis.xautoclaim(
+                self._keys.outcomes, self._keys.sink_group, self.consumer, CLAIM_IDLE_MS, start, count=1000
+            )
+            start, entries = resp[0], resp[1]
+            if entries:
+                await self._insert(entries)
+            if start in (b"0-0", "0-0"):
+                return
+
+    async def _pending(self) -> int:
+        info = await self._redis.xpending(self._keys.outcomes, self._keys.sink_group)
+        return int(info["pending"])
+
+    async def _insert(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
+        outcomes: dict[str, Outcome] = {}
+        ids = [entry_id for entry_id, _ in entries]
+        for entry_id, fields in entries:
+            try:
+                outcome = OUTCOME_DECODER.decode(fields[b"e"])
+            except (KeyError, msgspec.DecodeError) as e:
+                self.stats.malformed += 1
+                log.error("malformed outcome event skipped", entry=str(entry_id), error=str(e))
+                continue
+            outcomes[outcome.event_id] = outcome  # a repeat inside one batch is one row
+        if outcomes:
+            await asyncio.to_thread(self._ch.insert_outcomes, list(outcomes.values()))
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xack(self._keys.outcomes, self._keys.sink_group, *ids)
+        pipe.xdel(self._keys.outcomes, *ids)
+        await pipe.execute()
+        self.stats.inserted += len(outcomes)
+        self.stats.batches += 1
+        log.debug("batch inserted", rows=len(outcomes))

@@ -1,0 +1,85 @@
+"""What happens around a provider call, as small composed steps.
+
+A step is `async (call, proceed) -> Completion`; the first step in the list is the outermost.
+Rate limits, budgets and answer checks join this list as steps of their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import partial
+
+import structlog
+
+from ladder.messages import TierTask
+from policies.config import Candidate
+from policies.prices import PriceBook
+from worker.provider import Completion, CompletionRequest, ProviderError
+
+log = structlog.get_logger("ladder.call")
+
+
+@dataclass
+class Call:
+    task: TierTask
+    tier: str
+    candidate: Candidate
+    request: CompletionRequest
+    number: int  # the job's attempt number, from 1, across tiers
+    started_at: float = 0.0
+    latency_ms: float = 0.0
+    cost: Decimal = Decimal(0)
+    counterfactual_cost: Decimal = Decimal(0)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Call], Awaitable[Completion]]
+Step = Callable[[Call, Handler], Awaitable[Completion]]
+
+
+def compose(steps: Sequence[Step], innermost: Handler) -> Handler:
+    handler = innermost
+    for step in reversed(steps):
+        handler = partial(step, proceed=handler)  # type: ignore[call-arg]
+    return handler
+
+
+async def timed(call: Call, proceed: Handler) -> Completion:
+    call.started_at = time.time()
+    t0 = time.perf_counter()
+    try:
+        return await proceed(call)
+    finally:
+        call.latency_ms = (time.perf_counter() - t0) * 1000
+
+
+class Priced:
+    """Prices the real usage the provider reported, and the same tokens on the top tier."""
+
+    def __init__(self, prices: PriceBook) -> None:
+        self._prices = prices
+
+    async def __call__(self, call: Call, proceed: Handler) -> Completion:
+        completion = await proceed(call)
+        call.cost = self._prices.cost(call.candidate, completion.input_tokens, completion.output_tokens)
+        call.counterfactual_cost = self._prices.counterfactual_cost(completion.input_tokens, completion.output_tokens)
+        return completion
+
+
+async def logged(call: Call, proceed: Handler) -> Completion:
+    fields = {
+        "job_id": call.task.job.id,
+        "tier": call.tier,
+        "model": call.candidate.model,
+        "attempt": call.number,
+    }
+    try:
+        completion = await proceed(call)
+    except ProviderError as e:
+        log.warning("call failed", **fields, error_class=e.error_class, error=str(e)[:300])
+        raise
+    log.debug("call ok", **fields, input_tokens=completion.input_tokens, output_tokens=completion.output_tokens)
+    return completion

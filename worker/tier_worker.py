@@ -1,0 +1,131 @@
+"""The tier worker: an arq Worker on one tier's queue that calls that tier's model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from arq import Worker
+from arq.connections import ArqRedis
+from arq.worker import func
+
+from ladder.keys import Keys
+from ladder.messages import TIER_TASK_DECODER, TierTask
+from ladder.queueing import TIER_FUNCTION, deserialize_arq, serialize_arq
+from policies.config import Policies
+from policies.prices import PriceBook
+from worker.provider import Completion, CompletionRequest, ProviderError
+from worker.providers import ProviderPool
+from worker.settle import Settler
+from worker.steps import Call, Priced, Step, compose, logged, timed
+
+RUNTIME_KEY = "ladder"
+
+
+class TierRuntime:
+    """Everything a tier worker process needs, built once at start-up and shared by its Workers."""
+
+    def __init__(
+        self,
+        policies: Policies,
+        redis: ArqRedis,
+        keys: Keys,
+        providers: ProviderPool,
+        extra_steps: Sequence[Step] = (),
+    ) -> None:
+        self.policies = policies
+        self.redis = redis
+        self.keys = keys
+        self.providers = providers
+        self.prices = PriceBook(policies)
+        self.settler = Settler(redis, keys, policies)
+        steps: list[Step] = [timed, logged, *extra_steps, Priced(self.prices)]
+        self._handler = compose(steps, self._call_provider)
+
+    async def _call_provider(self, call: Call) -> Completion:
+        return await self.providers.get(call.candidate.provider).complete(call.request)
+
+    async def run(self, task: TierTask, task_id: str) -> str:
+        if await self.settler.already_settled(task_id):
+            return "already settled"
+        tier = self.policies.tier(task.route.tier)
+        candidate = tier.candidates[0]
+        job = task.job
+        request = CompletionRequest(
+            model=candidate.model,
+            messages=job.conversation(),
+            max_output_tokens=job.max_output_tokens,
+            json_mode=job.json_schema is not None,
+        )
+        call = Call(task, tier.name, candidate, request, number=len(task.attempts) + 1)
+        completion: Completion | None = None
+        error: ProviderError | None = None
+        try:
+            completion = await self._handler(call)
+        except ProviderError as e:
+            error = e
+        simulated = self.providers.is_simulated(candidate.provider)
+        settled = await self.settler.settle(task_id, call, completion, error, simulated)
+        return settled.status.value
+
+
+async def tier_task(ctx: dict[str, Any], raw: bytes) -> str:
+    runtime: TierRuntime = ctx[RUNTIME_KEY]
+    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"])
+
+
+def arq_worker(
+    queue: str,
+    function: Any,
+    name: str,
+    redis: ArqRedis,
+    runtime: object,
+    *,
+    burst: bool,
+    max_jobs: int,
+    poll_delay: float,
+    job_timeout: int,
+    handle_signals: bool,
+) -> Worker:
+    """An arq Worker with Ladder's serializer and settings; results live in job records, not arq."""
+    return Worker(
+        functions=[func(function, name=name)],
+        queue_name=queue,
+        redis_pool=redis,
+        burst=burst,
+        max_jobs=max_jobs,
+        poll_delay=poll_delay,
+        job_timeout=job_timeout,
+        keep_result=0,
+        max_tries=3,
+        job_serializer=serialize_arq,
+        job_deserializer=deserialize_arq,
+        ctx={RUNTIME_KEY: runtime},
+        handle_signals=handle_signals,
+        health_check_key=f"{queue}:health-check",
+        health_check_interval=30,
+        log_results=False,
+    )
+
+
+def tier_worker(
+    runtime: TierRuntime,
+    tier: str,
+    *,
+    burst: bool = False,
+    max_jobs: int = 64,
+    poll_delay: float = 0.05,
+    handle_signals: bool = True,
+) -> Worker:
+    return arq_worker(
+        runtime.keys.queue(tier),
+        tier_task,
+        TIER_FUNCTION,
+        runtime.redis,
+        runtime,
+        burst=burst,
+        max_jobs=max_jobs,
+        poll_delay=poll_delay,
+        job_timeout=runtime.policies.limits.job_timeout_s,
+        handle_signals=handle_signals,
+    )
