@@ -39,7 +39,7 @@ class Message(msgspec.Struct, frozen=True):
     content: str
 
 
-class Job(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Job(msgspec.Struct, frozen=True):
     """One unit of work as a user submits it (one JSONL line)."""
 
     id: str

@@ -10,7 +10,14 @@ import msgspec
 from ladder.messages import Job, Rejection
 from policies.config import Policies
 
-_job_decoder = msgspec.json.Decoder(Job)
+
+
+class JobLine(Job, frozen=True, forbid_unknown_fields=True):
+    """A job as read from a file: strict, so a misspelled field is an error, not silently dropped.
+    Between processes Job stays lenient, so newer producers can add fields older workers ignore."""
+
+
+_job_decoder = msgspec.json.Decoder(JobLine)
 REJECT_TEXT_CHARS = 500
 
 

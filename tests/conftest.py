@@ -1,0 +1,115 @@
+"""Real services for the tests: the Redis server at 127.0.0.1:6379 (a database of its own, flushed per
+test) and chdb (one data folder for this pytest process, a fresh database per test)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from ladder.keys import Keys
+from ladder.queueing import deserialize_arq, serialize_arq
+from ladder.settings import Settings
+from policies.config import parse_policies
+from tests.fake_provider import FakeProvider
+from tests.helpers import THREE_TIERS
+from worker.clickhouse import ClickHouse
+
+REDIS_URL = os.environ.get("LADDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+_db_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as e:
+        pytest.exit(f"tests need the Redis server at {REDIS_URL} ({e}); .ci/run starts one", returncode=3)
+    return REDIS_URL
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield redis_url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+async def arq_redis(clean_redis: str) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(
+        RedisSettings.from_dsn(clean_redis), job_serializer=serialize_arq, job_deserializer=deserialize_arq
+    )
+    yield pool
+    await pool.aclose()
+
+
+@pytest.fixture(scope="session")
+def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture
+def clickhouse(chdb_url: str) -> ClickHouse:
+    ch = ClickHouse(chdb_url, f"test_{os.getpid()}_{next(_db_numbers)}")
+    ch.migrate()
+    return ch
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[FakeProvider]:
+    fake = FakeProvider().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake(fake_provider: FakeProvider) -> FakeProvider:
+    fake_provider.reset()
+    return fake_provider
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys("ladder")
+
+
+@pytest.fixture
+def settings_env(
+    fake: FakeProvider, clean_redis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """An environment for Settings and subprocesses: the test Redis, the fake provider's SDK variables.
+    The SDK variables are also set in this process, since the SDKs read them from os.environ."""
+    for name in [k for k in os.environ if k.endswith("_API_KEY") or k.endswith("_BASE_URL")]:
+        monkeypatch.delenv(name)
+    for name, value in fake.env().items():
+        monkeypatch.setenv(name, value)
+    env = dict(os.environ)
+    env.update({"REDIS_URL": clean_redis, "LADDER_HOME": str(tmp_path / "home"), "LADDER_LOG_FORMAT": "json"})
+    return env
+
+
+@pytest.fixture
+def policies_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policies.toml"
+    path.write_text(THREE_TIERS)
+    return path
+
+
+@pytest.fixture
+def settings(settings_env: dict[str, str], policies_file: Path, clickhouse: ClickHouse, chdb_url: str) -> Settings:
+    env = dict(settings_env, CLICKHOUSE_URL=chdb_url, CLICKHOUSE_DATABASE=clickhouse.database)
+    return Settings.from_env(str(policies_file), env)
+
+
+@pytest.fixture
+def policies():  # type: ignore[no-untyped-def]
+    return parse_policies(THREE_TIERS)

@@ -1,0 +1,32 @@
+"""Driving the whole path inside a test: enqueue, burst workers in tier order, sink."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ladder.app import App
+from ladder.messages import Rejection
+from producer.submit import SubmitReport
+from worker.classifier_worker import classifier_worker
+from worker.tier_worker import tier_worker
+
+
+async def enqueue(app: App, path: Path, batch: str) -> tuple[SubmitReport, list[Rejection]]:
+    rejected: list[Rejection] = []
+    report = await app.producer().submit_file(path, batch, rejected.append)
+    return report, rejected
+
+
+async def drain_workers(app: App) -> None:
+    """Escalation only moves up, so one burst pass per queue, classifier first, settles every job."""
+    await classifier_worker(app.classifier_runtime(), burst=True, poll_delay=0, handle_signals=False).async_run()
+    runtime = app.tier_runtime()
+    for tier in app.settings.policies.tier_names:
+        await tier_worker(runtime, tier, burst=True, poll_delay=0, handle_signals=False).async_run()
+
+
+async def process(app: App, path: Path, batch: str) -> tuple[SubmitReport, list[Rejection]]:
+    report, rejected = await enqueue(app, path, batch)
+    await drain_workers(app)
+    await app.sink().run(burst=True)
+    return report, rejected
