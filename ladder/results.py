@@ -51,7 +51,7 @@ async def batch_records(redis: Redis, keys: Keys, batch: str) -> AsyncIterator[J
     """Every job of the batch in submission order, a page of records per round trip."""
     start = 0
     while True:
-        ids = await redis.lrange(keys.batch_ids(batch), start, start + PAGE - 1)
+        ids: list[bytes] = await redis.lrange(keys.batch_ids(batch), start, start + PAGE - 1)  # type: ignore[misc]
         if not ids:
             return
         raw = await redis.mget([keys.job(i.decode()) for i in ids])
@@ -64,5 +64,5 @@ async def batch_records(redis: Redis, keys: Keys, batch: str) -> AsyncIterator[J
 
 
 async def batch_counts(redis: Redis, keys: Keys, batch: str) -> dict[str, int]:
-    raw = await redis.hgetall(keys.batch_counts(batch))
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.batch_counts(batch))  # type: ignore[misc]
     return {k.decode(): int(v) for k, v in raw.items()}

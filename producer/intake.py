@@ -11,7 +11,6 @@ from ladder.messages import Job, Rejection
 from policies.config import Policies
 
 
-
 class JobLine(Job, frozen=True, forbid_unknown_fields=True):
     """A job as read from a file: strict, so a misspelled field is an error, not silently dropped.
     Between processes Job stays lenient, so newer producers can add fields older workers ignore."""

@@ -68,18 +68,14 @@ async def test_arq_payload_is_msgpack_not_pickle(arq_redis: ArqRedis, keys: Keys
     assert (task.job.id, task.job.customer, task.route.tier, task.batch) == ("p", "acme", "cheap", "b1")
 
 
-async def test_python_api_rejects_an_invalid_job_by_name(
-    arq_redis: ArqRedis, keys: Keys, policies: Policies
-) -> None:
+async def test_python_api_rejects_an_invalid_job_by_name(arq_redis: ArqRedis, keys: Keys, policies: Policies) -> None:
     with pytest.raises(ValueError, match="job 'x': tier_hint: 'gold' is not a tier"):
         await Producer(arq_redis, policies, keys).submit([Job(id="x", prompt="p", tier_hint="gold")], "b1")
 
 
 def test_a_worker_reads_tasks_from_newer_and_older_producers() -> None:
     """Schema evolution: fields a newer producer adds are ignored; fields an older one lacks get defaults."""
-    task = msgspec.to_builtins(
-        TIER_TASK_DECODER.decode(msgspec.msgpack.encode(_task_dict()))
-    )
+    task = msgspec.to_builtins(TIER_TASK_DECODER.decode(msgspec.msgpack.encode(_task_dict())))
     newer = dict(_task_dict(), future_field=1)
     newer["job"] = dict(newer["job"], priority="high")
     assert msgspec.to_builtins(TIER_TASK_DECODER.decode(msgspec.msgpack.encode(newer))) == task

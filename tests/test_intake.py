@@ -8,7 +8,7 @@ from producer.intake import JobValidator, read_lines
 from tests.helpers import line
 
 BAD_LINES = {
-    "broken json": ("{\"id\": \"x\", \"prompt\": ", "not valid JSON"),
+    "broken json": ('{"id": "x", "prompt": ', "not valid JSON"),
     "missing prompt": (line(id="m"), "prompt: a job needs a prompt or messages"),
     "unknown tier hint": (line(id="t", prompt="hi", tier_hint="ultra"), "tier_hint: 'ultra' is not a tier"),
     "wrong type": (line(id="w", prompt="hi", max_output_tokens="ten"), "Expected `int`, got `str`"),

@@ -59,9 +59,7 @@ async def test_every_good_job_gets_one_final_outcome_and_cost_matches_provider_u
         assert [r.line for r in rejected] == [2, 4, 6, 8, 10, 12]
         assert "not valid JSON" in rejected[0].reason and "tier_hint" in rejected[2].reason
 
-        finals = ch.query(
-            "SELECT job_id, count() FROM {db}.outcomes FINAL WHERE final GROUP BY job_id ORDER BY job_id"
-        )
+        finals = ch.query("SELECT job_id, count() FROM {db}.outcomes FINAL WHERE final GROUP BY job_id ORDER BY job_id")
         assert finals == [(j, 1) for j in sorted(["cheap-1", "cheap-2", "std-1", "prem-1", "cls-1", "msg-1", "hint-1"])]
 
         # Exactly once: ClickHouse's cost equals the fake's recorded usage priced by the same book.
@@ -69,7 +67,9 @@ async def test_every_good_job_gets_one_final_outcome_and_cost_matches_provider_u
         served = [c for c in fake.calls() if c.status == 200]
         expected = sum((prices.cost(Candidate(c.provider, c.model), c.input_tokens, c.output_tokens) for c in served),
                        Decimal(0))  # fmt: skip
-        (total_cost, total_in, rows) = ch.query("SELECT sum(cost), sum(input_tokens), count() FROM {db}.outcomes FINAL")[0]
+        (total_cost, total_in, rows) = ch.query(
+            "SELECT sum(cost), sum(input_tokens), count() FROM {db}.outcomes FINAL"
+        )[0]
         assert Decimal(total_cost) == expected > 0
         assert total_in == sum(c.input_tokens for c in served)
         assert rows == len(fake.calls())  # failed calls are rows too
@@ -86,7 +86,9 @@ async def test_every_good_job_gets_one_final_outcome_and_cost_matches_provider_u
         assert after == [("standard", "ok", "escalation", "cheap")]
 
         # The classifier's own call is a row, and it moved the undecided job to the middle tier.
-        cls = ch.query("SELECT route_source, tier, final FROM {db}.outcomes FINAL WHERE job_id = 'cls-1' ORDER BY attempt")
+        cls = ch.query(
+            "SELECT route_source, tier, final FROM {db}.outcomes FINAL WHERE job_id = 'cls-1' ORDER BY attempt"
+        )
         assert cls == [("classifier", "classify", False), ("classifier", "standard", True)]
 
         records = {r.id: r async for r in batch_records(app.redis, app.keys, "e2e")}
@@ -132,6 +134,8 @@ async def test_an_event_delivered_twice_leaves_one_row(settings: Settings, fake:
             await app.sink().run(burst=True)
         event_id = OUTCOME_DECODER.decode(fields[b"e"]).event_id
         ch = app.clickhouse()
-        assert ch.query("SELECT count() FROM {db}.outcomes FINAL WHERE event_id = {e:String}", {"e": event_id}) == [(1,)]
+        assert ch.query("SELECT count() FROM {db}.outcomes FINAL WHERE event_id = {e:String}", {"e": event_id}) == [
+            (1,)
+        ]
         assert ch.query("SELECT count() FROM {db}.outcomes FINAL") == [(1,)]
         assert await app.redis.xlen(app.keys.outcomes) == 0  # acked and deleted after insert

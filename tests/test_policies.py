@@ -26,10 +26,16 @@ def test_ladder_policies_variable_names_the_file(tmp_path: Path, monkeypatch: py
 @pytest.mark.parametrize(
     ("mutation", "message"),
     [
-        (lambda t: t.replace('provider = "gemini"', 'provider = "nope"'), "tiers.standard.candidates: unknown provider 'nope'"),
+        (
+            lambda t: t.replace('provider = "gemini"', 'provider = "nope"'),
+            "tiers.standard.candidates: unknown provider 'nope'",
+        ),
         (lambda t: t.replace('name = "standard"', 'name = "cheap"'), "duplicate tier names"),
         (lambda t: t.replace('name = "standard"', 'name = "classify"'), "reserved"),
-        (lambda t: t + '\n[limits]\nmax_prompt_chars = "many"\n', "Expected `int`, got `str` - at `$.limits.max_prompt_chars`"),
+        (
+            lambda t: t + '\n[limits]\nmax_prompt_chars = "many"\n',
+            "Expected `int`, got `str` - at `$.limits.max_prompt_chars`",
+        ),
         (lambda t: t.replace("[rules]", '[rules]\ndefault_tier = "free"'), "rules.default_tier: 'free' is not a tier"),
         (lambda t: t.replace("[rules]", "[rules]\ncolour = 1"), "unknown field `colour`"),
         (lambda t: t + "\n[[tiers]\n", "not valid TOML"),

@@ -88,7 +88,8 @@ class ClickHouse:
                 "(version UInt32, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
                 "ENGINE = MergeTree ORDER BY version"
             )
-            current = int(self.client.command(f"SELECT max(version) FROM {db}.schema_migrations") or 0)  # noqa: S608
+            versions = self.client.query(f"SELECT max(version) FROM {db}.schema_migrations")  # noqa: S608
+            current = int(versions.result_rows[0][0] or 0)
             for version, ddl in enumerate(MIGRATIONS, start=1):
                 if version > current:
                     self.client.command(ddl.format(db=db))

@@ -6,6 +6,8 @@ the few classes below, so nothing above this layer imports an SDK.
 
 from __future__ import annotations
 
+import time
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import msgspec
@@ -83,3 +85,17 @@ def error_for_status(status: int, message: str, retry_after: float | None = None
     if 400 <= status < 500 and status != 408:
         return BadRequest(message, status=status)
     return Transient(message, status=status, retry_after=retry_after)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a retry-after header, given as seconds or as an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,529 @@
+"""A fake LLM provider: one stdlib HTTP/1.1 server speaking three wire formats.
+
+Routes (POST, JSON bodies with Content-Length or chunked; keep-alive; any number of connections):
+
+- Anthropic Messages      /v1/messages
+- OpenAI Chat Completions /v1/chat/completions  (response_format is accepted and ignored)
+- Gemini generateContent  /v1/models/{model}:generateContent and /v1beta/models/{model}:generateContent
+
+Anything else answers 404 with a JSON body. A request without an API key (x-api-key, Authorization:
+Bearer, x-goog-api-key or ?key=) answers 401 in the provider's error format.
+
+Deterministic token counting, the same for the three formats:
+
+- the request text is every text in the request, system included (Anthropic `system`, OpenAI system
+  messages, Gemini `systemInstruction`), joined with "\\n";
+  input_tokens = max(1, ceil(len(request text) / 4));
+- the reply is the text set with `reply(model, text)`, else f"[{model}] " + the first 120 characters
+  of the last user message; output_tokens = max(1, ceil(len(reply) / 4));
+- when output_tokens exceeds the request's limit (max_tokens / max_completion_tokens /
+  generationConfig.maxOutputTokens), the reply is cut to limit * 4 characters, output_tokens = limit
+  and the finish reason is "max_tokens" / "length" / "MAX_TOKENS" (else "end_turn" / "stop" / "STOP").
+
+Failures set with `fail()` answer with the provider's error body (429s carry `retry-after: 1`) and are
+recorded with zero tokens. Every request to one of the three routes is recorded as a `Call`.
+
+In tests: `fake = FakeProvider().start()`, then point the SDKs at `fake.env()`. For benchmarks:
+`python -m tests.fake_provider --port 8765` prints "ready http://127.0.0.1:8765" and serves until killed
+(that process keeps no Call records; fail/reply are in-process only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+REPLY_PREFIX_CHARS = 120
+CHARS_PER_TOKEN = 4
+DEFAULT_KEYS = {
+    "ANTHROPIC_API_KEY": "sk-ant-fake-KEY-123",
+    "OPENAI_API_KEY": "sk-openai-fake-KEY-456",
+    "GEMINI_API_KEY": "gemini-fake-KEY-789",
+}
+_GEMINI_PATH = re.compile(r"^/(?:v1|v1beta)/models/([^/]+):generateContent$")
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    529: "Overloaded",
+}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+    503: "overloaded_error",
+}
+_OPENAI_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+@dataclass(frozen=True)
+class Call:
+    provider: str  # "anthropic" | "openai" | "gemini"
+    model: str
+    input_tokens: int
+    output_tokens: int
+    status: int
+    api_key: str
+
+
+_Response = tuple[int, dict[str, str], bytes]
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _tokens(text: str) -> int:
+    return max(1, -(-len(text) // CHARS_PER_TOKEN))
+
+
+def _texts(content: Any) -> list[str]:
+    """Texts of an Anthropic/OpenAI content (a string or a list of blocks) or of Gemini parts."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, dict):
+        content = content.get("parts", [content])
+    if not isinstance(content, list):
+        raise _BadRequest("content must be a string or a list of blocks")
+    return [b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
+
+
+def _parse_anthropic(body: dict[str, Any]) -> tuple[str, list[str], str, int | None]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not isinstance(body.get("max_tokens"), int):
+        raise _BadRequest("messages and max_tokens are required")
+    texts = _texts(body.get("system"))
+    last_user = ""
+    for m in messages:
+        parts = _texts(m.get("content"))
+        texts += parts
+        if m.get("role") == "user":
+            last_user = "\n".join(parts)
+    return str(body.get("model", "")), texts, last_user, body["max_tokens"]
+
+
+def _parse_openai(body: dict[str, Any]) -> tuple[str, list[str], str, int | None]:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise _BadRequest("messages is required")
+    texts: list[str] = []
+    last_user = ""
+    for m in messages:
+        parts = _texts(m.get("content"))
+        texts += parts
+        if m.get("role") == "user":
+            last_user = "\n".join(parts)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    return str(body.get("model", "")), texts, last_user, limit if isinstance(limit, int) else None
+
+
+def _parse_gemini(body: dict[str, Any]) -> tuple[list[str], str, int | None]:
+    contents = body.get("contents")
+    if isinstance(contents, dict):
+        contents = [contents]
+    if not isinstance(contents, list):
+        raise _BadRequest("contents is required")
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    texts = _texts(system)
+    last_user = ""
+    for c in contents:
+        parts = _texts(c)
+        texts += parts
+        if c.get("role", "user") == "user":
+            last_user = "\n".join(parts)
+    config = body.get("generationConfig") or body.get("generation_config") or {}
+    limit = config.get("maxOutputTokens", config.get("max_output_tokens"))
+    return texts, last_user, limit if isinstance(limit, int) else None
+
+
+def _error_body(provider: str, status: int, message: str) -> dict[str, Any]:
+    if provider == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    if provider == "openai":
+        kind, code = _OPENAI_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return {"error": {"code": status, "message": message, "status": _GEMINI_STATUS.get(status, "UNKNOWN")}}
+
+
+class FakeProvider:
+    """The server and its control API; safe to drive from another thread than the server's."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._lock = threading.Lock()
+        self._calls: list[Call] = []
+        self._failures: dict[str, list[Any]] = {}  # model -> [status, remaining times | None, message]
+        self._replies: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._keep_calls = True  # off on the command line: nobody reads them there, memory would grow
+
+    # ---- control API -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FakeProvider:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._listen())
+            except BaseException as exc:  # surfaced to the caller of start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(asyncio.sleep(0))
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"fake-provider-{self.port}", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> FakeProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def env(self, keys: dict[str, str] | None = None) -> dict[str, str]:
+        values = {
+            "ANTHROPIC_BASE_URL": self.url,
+            "OPENAI_BASE_URL": self.url + "/v1",
+            "GOOGLE_GEMINI_BASE_URL": self.url,
+            **DEFAULT_KEYS,
+        }
+        values.update(keys or {})
+        return values
+
+    def fail(self, model: str, status: int = 500, times: int | None = None, message: str = "simulated failure") -> None:
+        with self._lock:
+            if times is not None and times <= 0:
+                self._failures.pop(model, None)
+            else:
+                self._failures[model] = [status, times, message]
+
+    def reply(self, model: str, text: str) -> None:
+        with self._lock:
+            self._replies[model] = text
+
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
+            self._failures.clear()
+            self._replies.clear()
+
+    # ---- the server --------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, backlog=2048)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def serve_forever(self) -> None:
+        """Serve on the current event loop until cancelled (what the command line uses)."""
+        await self._listen()
+        print(f"ready {self.url}", flush=True)
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                try:
+                    method, target, version = lines[0].split(" ", 2)
+                except ValueError:
+                    return
+                headers: dict[str, str] = {}
+                for line in lines[1:]:
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        headers[name.strip().lower()] = value.strip()
+                try:
+                    body = await self._read_body(reader, headers)
+                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                    return
+                status, extra, payload = self._handle(method, target, headers, body)
+                connection = headers.get("connection", "").lower()
+                keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+                writer.write(_response(status, extra, payload, keep))
+                await writer.drain()
+                if not keep:
+                    return
+        except ConnectionError:
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    @staticmethod
+    async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+                if size == 0:
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass
+                    return b"".join(chunks)
+                chunks.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+        length = int(headers.get("content-length") or 0)
+        return await reader.readexactly(length) if length else b""
+
+    def _handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Response:
+        split = urlsplit(target)
+        provider, model = _route(split.path)
+        if not provider:
+            message = f"no route for {method} {split.path}"
+            return 404, {}, _json({"error": {"code": 404, "message": message, "status": "NOT_FOUND"}})
+        if method != "POST":
+            return 405, {"allow": "POST"}, _json(_error_body(provider, 405, f"method {method} not allowed"))
+        api_key = _api_key(headers, split.query)
+        try:
+            parsed_model, texts, last_user, limit = _parse(provider, body)
+        except (ValueError, _BadRequest, AttributeError, TypeError) as exc:
+            return self._error(provider, model, api_key, 400, f"invalid request: {exc}")
+        model = model or parsed_model
+        if not api_key:
+            return self._error(provider, model, api_key, 401, "missing API key")
+        failure, fixed = self._take_failure(model)
+        if failure is not None:
+            return self._error(provider, model, api_key, failure[0], failure[1])
+        text = fixed if fixed is not None else f"[{model}] " + last_user[:REPLY_PREFIX_CHARS]
+        input_tokens, output_tokens, truncated = _tokens("\n".join(texts)), _tokens(text), False
+        if limit is not None and output_tokens > limit:
+            text, output_tokens, truncated = text[: limit * CHARS_PER_TOKEN], limit, True
+        self._record(Call(provider, model, input_tokens, output_tokens, 200, api_key))
+        n = next(self._ids)
+        build, id_header = _BODIES[provider]
+        extra = {id_header: f"req_fake{n:012d}"} if id_header else {}
+        return 200, extra, _json(build(n, model, text, input_tokens, output_tokens, truncated))
+
+    def _take_failure(self, model: str) -> tuple[tuple[int, str] | None, str | None]:
+        """The failure to answer this call with, if any (counting it down), and the fixed reply."""
+        with self._lock:
+            failure = self._failures.get(model)
+            if failure is not None and failure[1] is not None:
+                failure[1] -= 1
+                if failure[1] <= 0:
+                    del self._failures[model]
+            fixed = self._replies.get(model)
+        return ((failure[0], failure[2]) if failure is not None else None), fixed
+
+    def _record(self, call: Call) -> None:
+        if not self._keep_calls:
+            return
+        with self._lock:
+            self._calls.append(call)
+
+    def _error(self, provider: str, model: str, api_key: str, status: int, message: str) -> _Response:
+        self._record(Call(provider, model, 0, 0, status, api_key))
+        extra = {"retry-after": "1"} if status == 429 else {}
+        return status, extra, _json(_error_body(provider, status, message))
+
+
+def _route(path: str) -> tuple[str, str]:
+    """(provider, model from the path) for a known route, else ("", "")."""
+    if path == "/v1/messages":
+        return "anthropic", ""
+    if path == "/v1/chat/completions":
+        return "openai", ""
+    gemini = _GEMINI_PATH.match(path)
+    return ("gemini", unquote(gemini.group(1))) if gemini else ("", "")
+
+
+def _parse(provider: str, body: bytes) -> tuple[str, list[str], str, int | None]:
+    """(model, all request texts, last user text, output token limit) of a request body."""
+    request = json.loads(body or b"null")
+    if not isinstance(request, dict):
+        raise _BadRequest("the body must be a JSON object")
+    if provider == "anthropic":
+        return _parse_anthropic(request)
+    if provider == "openai":
+        return _parse_openai(request)
+    return ("", *_parse_gemini(request))
+
+
+def _api_key(headers: dict[str, str], query: str) -> str:
+    for name in ("x-api-key", "x-goog-api-key"):
+        if headers.get(name):
+            return headers[name]
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return parse_qs(query).get("key", [""])[0]
+
+
+def _anthropic_body(n: int, model: str, text: str, inp: int, out: int, truncated: bool) -> dict[str, Any]:
+    return {
+        "id": f"msg_fake{n:020d}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "max_tokens" if truncated else "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": inp, "output_tokens": out},
+    }
+
+
+def _openai_body(n: int, model: str, text: str, inp: int, out: int, truncated: bool) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-fake{n:016d}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "length" if truncated else "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out},
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def _gemini_body(n: int, model: str, text: str, inp: int, out: int, truncated: bool) -> dict[str, Any]:
+    return {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"text": text}]},
+                "finishReason": "MAX_TOKENS" if truncated else "STOP",
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": inp, "candidatesTokenCount": out, "totalTokenCount": inp + out},
+        "modelVersion": model,
+        "responseId": f"fake{n:016d}",
+    }
+
+
+_BODIES: dict[str, tuple[Any, str]] = {
+    "anthropic": (_anthropic_body, "request-id"),
+    "openai": (_openai_body, "x-request-id"),
+    "gemini": (_gemini_body, ""),
+}
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _response(status: int, extra: dict[str, str], payload: bytes, keep: bool) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+        "content-type: application/json",
+        f"content-length: {len(payload)}",
+        f"connection: {'keep-alive' if keep else 'close'}",
+    ]
+    lines += [f"{name}: {value}" for name, value in extra.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fake Anthropic/OpenAI/Gemini HTTP server for tests and benchmarks")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        fake = FakeProvider(args.host, args.port)
+        fake._keep_calls = False
+        asyncio.run(fake.serve_forever())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Anthropic Messages API behind `Provider`, via the official SDK (no SDK retries: Ladder retries)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import anthropic
+from anthropic.types import MessageParam
+
+from worker.provider import Completion, CompletionRequest, ProviderError, Transient, error_for_status, parse_retry_after
+
+JSON_INSTRUCTION = "Answer with a single JSON object and nothing else."
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+}
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None, timeout: float = 60.0) -> None:
+        # None lets the SDK read ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself.
+        self._client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        system = [m.content for m in request.messages if m.role == "system"]
+        if request.json_mode:  # the Messages API has no JSON switch: ask for it
+            system.append(JSON_INSTRUCTION)
+        messages = [
+            cast(MessageParam, {"role": m.role, "content": m.content}) for m in request.messages if m.role != "system"
+        ]
+        try:
+            response = await self._client.messages.create(
+                model=request.model,
+                max_tokens=request.max_output_tokens,
+                messages=messages,
+                system="\n\n".join(system) if system else anthropic.omit,
+            )
+        except anthropic.APIStatusError as exc:
+            raise _status_error(exc) from exc
+        except anthropic.APIConnectionError as exc:  # APITimeoutError included
+            raise Transient(f"anthropic: {exc.message}") from exc
+        text = "".join(block.text for block in response.content if block.type == "text")
+        return Completion(
+            text=text,
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+            finish_reason=_FINISH.get(response.stop_reason or "", "other"),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _status_error(exc: anthropic.APIStatusError) -> ProviderError:
+    message = f"anthropic {exc.status_code}: {exc.api_message or exc.message}"
+    return error_for_status(exc.status_code, message, parse_retry_after(exc.response.headers.get("retry-after")))

@@ -1,0 +1,66 @@
+"""Gemini generateContent behind `Provider`, via google-genai (no SDK retries: Ladder retries)."""
+
+from __future__ import annotations
+
+import httpx2
+from google import genai
+from google.genai import errors, types
+
+from worker.provider import Completion, CompletionRequest, ProviderError, Transient, error_for_status, parse_retry_after
+
+_FINISH: dict[types.FinishReason | None, str] = {
+    types.FinishReason.STOP: "stop",
+    types.FinishReason.MAX_TOKENS: "length",
+}
+
+
+class GeminiProvider:
+    name = "gemini"
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None, timeout: float = 60.0) -> None:
+        # None lets the SDK read GOOGLE_API_KEY / GEMINI_API_KEY and GOOGLE_GEMINI_BASE_URL itself.
+        options = types.HttpOptions(
+            base_url=base_url,
+            timeout=int(timeout * 1000),  # milliseconds
+            retry_options=types.HttpRetryOptions(attempts=1),  # one attempt: no SDK retries
+        )
+        self._client = genai.Client(api_key=api_key, http_options=options)
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        contents = [
+            types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)])
+            for m in request.messages
+            if m.role != "system"
+        ]
+        config = types.GenerateContentConfig(
+            system_instruction=system or None,
+            max_output_tokens=request.max_output_tokens,
+            response_mime_type="application/json" if request.json_mode else None,
+        )
+        try:
+            response = await self._client.aio.models.generate_content(
+                model=request.model, contents=contents, config=config
+            )
+        except errors.APIError as exc:
+            raise _status_error(exc) from exc
+        except (TimeoutError, httpx2.TransportError, OSError) as exc:  # connection, timeout
+            raise Transient(f"gemini: {type(exc).__name__}: {exc}") from exc
+        candidate = response.candidates[0] if response.candidates else None
+        parts = candidate.content.parts if candidate and candidate.content else None
+        usage = response.usage_metadata
+        return Completion(
+            text="".join(p.text for p in parts or [] if p.text and not p.thought),
+            input_tokens=(usage.prompt_token_count or 0) if usage else 0,
+            output_tokens=(usage.candidates_token_count or 0) if usage else 0,
+            finish_reason=_FINISH.get(candidate.finish_reason if candidate else None, "other"),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+
+def _status_error(exc: errors.APIError) -> ProviderError:
+    headers = getattr(exc.response, "headers", None)
+    retry_after = parse_retry_after(headers.get("retry-after") if headers is not None else None)
+    return error_for_status(exc.code, f"gemini {exc.code} {exc.status}: {exc.message}", retry_after)
