@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -109,7 +110,11 @@ async def cmd_worker(app: App, args: argparse.Namespace) -> int:
 
 async def cmd_sink(app: App, args: argparse.Namespace) -> int:
     sink = app.sink(args.batch_size)
-    stats = await sink.run(burst=args.burst)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # finish the batch in hand, ack it, then exit
+        loop.add_signal_handler(sig, stop.set)
+    stats = await sink.run(burst=args.burst, stop=stop)
     log.info("sink stopped", inserted=stats.inserted, batches=stats.batches, malformed=stats.malformed)
     return 0
 

@@ -38,13 +38,14 @@ class JobValidator:
             return f"tier_hint: '{job.tier_hint}' is not a tier ({', '.join(self._tiers)})"
         if not 1 <= job.max_output_tokens <= self._limits.max_output_tokens:
             return f"max_output_tokens: {job.max_output_tokens} is outside 1..{self._limits.max_output_tokens}"
-        size = len(job.text())
+        text = job.text()
+        size = len(text)
         if size > self._limits.max_prompt_chars:
             return (
                 f"prompt: {size:,} characters is over the limit of {self._limits.max_prompt_chars:,} "
                 "(limits.max_prompt_chars)"
             )
-        if not job.text().strip():
+        if not text.strip():
             return "prompt: must not be empty"
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
@@ -34,25 +35,33 @@ class Producer:
         self._router = RuleRouter(policies)
         self._validator = JobValidator(policies)
         self._enqueuer = Enqueuer(redis, keys, policies.limits.result_ttl_s * 1000)
+        # One chunk in flight while the next is parsed: Redis and Python work at the same time,
+        # and chunks still land in file order.
+        self._inflight: tuple[asyncio.Task[list[bool]], list[TierTask]] | None = None
 
     def task_for(self, job: Job, batch: str) -> TierTask:
         route = self._router.route(job)
         return TierTask(job=job, batch=batch, route=route, first_tier=route.tier, strategy=self._policies.strategy)
 
     async def submit(self, jobs: Iterable[Job] | AsyncIterable[Job], batch: str) -> SubmitReport:
-        """Route and enqueue many jobs. Jobs are checked like file lines; a bad one raises ValueError."""
+        """Route and enqueue many jobs, checked like file lines.
+
+        A bad job raises ValueError naming it; the jobs before it are enqueued, none after it.
+        """
         report = SubmitReport(batch=batch)
         routed: Counter[str] = Counter()
         chunk: list[TierTask] = []
-        async for job in _aiter(jobs):
-            problem = self._validator.problem(job)
-            if problem is not None:
-                raise ValueError(f"job {job.id!r}: {problem}")
-            report.lines += 1
-            chunk.append(self.task_for(job, batch))
-            if len(chunk) >= CHUNK:
-                await self._flush(chunk, report, routed)
-        await self._flush(chunk, report, routed)
+        try:
+            async for job in _aiter(jobs):
+                problem = self._validator.problem(job)
+                if problem is not None:
+                    raise ValueError(f"job {job.id!r}: {problem}")
+                report.lines += 1
+                chunk.append(self.task_for(job, batch))
+                if len(chunk) >= CHUNK:
+                    await self._flush(chunk, report, routed)
+        finally:
+            await self._flush(chunk, report, routed, last=True)
         report.routed = dict(routed)
         return report
 
@@ -79,19 +88,28 @@ class Producer:
                 await self._flush(chunk, report, routed)
                 if on_progress is not None:
                     on_progress(done)
-        await self._flush(chunk, report, routed)
+        await self._flush(chunk, report, routed, last=True)
         report.routed = dict(routed)
         return report
 
-    async def _flush(self, chunk: list[TierTask], report: SubmitReport, routed: Counter[str]) -> None:
-        if not chunk:
-            return
-        flags = await self._enqueuer.enqueue_new(chunk[0].batch, chunk)
-        routed.update(t.route.tier for t, new in zip(chunk, flags, strict=True) if new)
-        accepted = sum(flags)
-        report.accepted += accepted
-        report.duplicates += len(chunk) - accepted
-        chunk.clear()
+    async def _flush(
+        self, chunk: list[TierTask], report: SubmitReport, routed: Counter[str], last: bool = False
+    ) -> None:
+        """Send `chunk` and settle the chunk sent before it; with `last`, settle this one too."""
+        previous, self._inflight = self._inflight, None
+        if chunk:
+            sent = list(chunk)
+            self._inflight = (asyncio.create_task(self._enqueuer.enqueue_new(sent[0].batch, sent)), sent)
+            chunk.clear()
+        for inflight in (previous, self._inflight if last else None):
+            if inflight is None:
+                continue
+            flags = await inflight[0]
+            routed.update(t.route.tier for t, new in zip(inflight[1], flags, strict=True) if new)
+            report.accepted += sum(flags)
+            report.duplicates += len(flags) - sum(flags)
+        if last:
+            self._inflight = None
 
 
 async def _aiter(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterable[Job]:

@@ -93,8 +93,8 @@ class ClassifierRuntime:
             return names[-1], why
         return names[(len(names) - 1) // 2], why
 
-    async def run(self, task: TierTask, task_id: str) -> str:
-        if await self.redis.exists(self.keys.settled(task_id)):
+    async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
+        if job_try > 1 and await self.redis.exists(self.keys.settled(task_id)):
             return "already settled"
         job = task.job
         text = job.text()[:MAX_CLASSIFIED_CHARS].replace("</task>", "</ task>")
@@ -181,7 +181,7 @@ class ClassifierRuntime:
 
 async def classify_task(ctx: dict[str, Any], raw: bytes) -> str:
     runtime: ClassifierRuntime = ctx["ladder"]
-    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"])
+    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
 
 
 def classifier_worker(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +43,14 @@ class Sink:
         clickhouse: ClickHouse,
         *,
         batch_size: int = 5000,
-        block_ms: int = 200,
+        flush_interval: float = 1.0,
         consumer: str | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._ch = clickhouse
         self._batch_size = batch_size
-        self._block_ms = block_ms
+        self._flush_interval = flush_interval
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.stats = SinkStats()
 
@@ -73,23 +74,38 @@ class Sink:
         return self.stats
 
     async def _drain(self, start: str, block: bool = False) -> int:
-        """Read and insert batches from `start` until a read comes back empty."""
+        """Insert what is there from `start`, a batch at a time, until a read comes back empty.
+
+        Reading new entries (`>`), a batch is filled for up to `flush_interval` seconds: ClickHouse
+        wants few large inserts, not one per event.
+        """
         moved = 0
         while True:
-            resp = await self._redis.xreadgroup(
-                self._keys.sink_group,
-                self.consumer,
-                {self._keys.outcomes: start},
-                count=self._batch_size,
-                block=self._block_ms if block else None,
-            )
-            entries = resp[0][1] if resp else []
+            entries = await self._read(start, block)
             if not entries:
                 return moved
             await self._insert(entries)
             moved += len(entries)
-            if start == ">" and len(entries) < self._batch_size:
+            if start == ">":
                 return moved
+
+    async def _read(self, start: str, block: bool) -> list[tuple[Any, dict[bytes, bytes]]]:
+        entries: list[tuple[Any, dict[bytes, bytes]]] = []
+        deadline = time.monotonic() + self._flush_interval
+        while len(entries) < self._batch_size:
+            wait_ms = int((deadline - time.monotonic()) * 1000)
+            resp = await self._redis.xreadgroup(
+                self._keys.sink_group,
+                self.consumer,
+                {self._keys.outcomes: start},
+                count=self._batch_size - len(entries),
+                block=max(wait_ms, 1) if block else None,
+            )
+            got = resp[0][1] if resp else []
+            entries.extend(got)
+            if start != ">" or not got or wait_ms <= 0:
+                break
+        return entries
 
     async def _claim_stale(self) -> None:
         start = "0-0"

@@ -45,8 +45,9 @@ class TierRuntime:
     async def _call_provider(self, call: Call) -> Completion:
         return await self.providers.get(call.candidate.provider).complete(call.request)
 
-    async def run(self, task: TierTask, task_id: str) -> str:
-        if await self.settler.already_settled(task_id):
+    async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
+        # Only a re-run (arq's try > 1: a worker died mid-job) can find its attempt already settled.
+        if job_try > 1 and await self.settler.already_settled(task_id):
             return "already settled"
         tier = self.policies.tier(task.route.tier)
         candidate = tier.candidates[0]
@@ -71,7 +72,7 @@ class TierRuntime:
 
 async def tier_task(ctx: dict[str, Any], raw: bytes) -> str:
     runtime: TierRuntime = ctx[RUNTIME_KEY]
-    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"])
+    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
 
 
 def arq_worker(
