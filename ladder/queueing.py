@@ -125,7 +125,7 @@ class Enqueuer:
             ]
         keys = [self.keys.batch_ids(batch), self.keys.batch_counts(batch)]
         blob = b"".join(parts)
-        args = [
+        args: list[bytes | str | int] = [
             self.record_ttl_ms,
             ARQ_JOB_TTL_MS,
             now_ms,
