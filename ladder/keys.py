@@ -34,6 +34,11 @@ class Keys:
         return f"{self.prefix}:outcomes"
 
     @property
+    def malformed_outcomes(self) -> str:
+        """Outcome entries the sink could not decode, kept for a person to look at."""
+        return f"{self.prefix}:outcomes:malformed"
+
+    @property
     def deadletter(self) -> str:
         return f"{self.prefix}:deadletter"
 

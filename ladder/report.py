@@ -18,7 +18,7 @@ SPEND_BY = {
     "route": "route_source",
 }
 
-SPEND_COLUMNS = ["key", "requests", "ok", "failed", "input_tokens", "output_tokens", "cost", "all_top_tier_cost"]
+SPEND_COLUMNS = ["key", "requests", "ok", "failed", "in_tokens", "out_tokens", "cost", "top_tier_cost"]
 
 _SPEND_SQL = """
 SELECT {key} AS key,

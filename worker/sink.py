@@ -126,17 +126,18 @@ class Sink:
     async def _insert(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
         outcomes: dict[str, Outcome] = {}
         ids = [entry_id for entry_id, _ in entries]
+        pipe = self._redis.pipeline(transaction=True)
         for entry_id, fields in entries:
             try:
                 outcome = OUTCOME_DECODER.decode(fields[b"e"])
             except (KeyError, msgspec.DecodeError) as e:
                 self.stats.malformed += 1
-                log.error("malformed outcome event skipped", entry=str(entry_id), error=str(e))
+                log.error("malformed outcome event set aside", entry=str(entry_id), error=str(e))
+                pipe.xadd(self._keys.malformed_outcomes, {**fields, b"reason": str(e).encode()})
                 continue
             outcomes[outcome.event_id] = outcome  # a repeat inside one batch is one row
         if outcomes:
             await asyncio.to_thread(self._ch.insert_outcomes, list(outcomes.values()))
-        pipe = self._redis.pipeline(transaction=True)
         pipe.xack(self._keys.outcomes, self._keys.sink_group, *ids)
         pipe.xdel(self._keys.outcomes, *ids)
         await pipe.execute()
