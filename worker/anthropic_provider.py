@@ -1,15 +1,37 @@
-"""Anthropic Messages API behind `Provider`, via the official SDK (no SDK retries: Ladder retries)."""
+"""Anthropic Messages API behind `Provider`, via the official SDK (no SDK retries: Ladder retries).
+
+As in the OpenAI adapter, the SDK's client makes the call (`client.post`, its documented way to make
+raw calls) and msgspec decodes the answer, to keep the SDK's pydantic models off the hot path.
+"""
 
 from __future__ import annotations
 
-from typing import cast
-
 import anthropic
-from anthropic.types import MessageParam
+import httpx2
+import msgspec
 
 from worker.provider import Completion, CompletionRequest, ProviderError, Transient, error_for_status, parse_retry_after
 
 JSON_INSTRUCTION = "Answer with a single JSON object and nothing else."
+
+
+class _Block(msgspec.Struct):
+    type: str
+    text: str = ""
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class _Message(msgspec.Struct):
+    content: list[_Block] = []
+    stop_reason: str | None = None
+    usage: _Usage = msgspec.field(default_factory=_Usage)
+
+
+_decoder = msgspec.json.Decoder(_Message)
 _FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -29,20 +51,22 @@ class AnthropicProvider:
         system = [m.content for m in request.messages if m.role == "system"]
         if request.json_mode:  # the Messages API has no JSON switch: ask for it
             system.append(JSON_INSTRUCTION)
-        messages = [
-            cast(MessageParam, {"role": m.role, "content": m.content}) for m in request.messages if m.role != "system"
-        ]
+        body: dict[str, object] = {
+            "model": request.model,
+            "max_tokens": request.max_output_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
         try:
-            response = await self._client.messages.create(
-                model=request.model,
-                max_tokens=request.max_output_tokens,
-                messages=messages,
-                system="\n\n".join(system) if system else anthropic.omit,
-            )
+            raw = await self._client.post("/v1/messages", body=body, cast_to=httpx2.Response)
+            response = _decoder.decode(raw.content)
         except anthropic.APIStatusError as exc:
             raise _status_error(exc) from exc
         except anthropic.APIConnectionError as exc:  # APITimeoutError included
             raise Transient(f"anthropic: {exc.message}") from exc
+        except msgspec.DecodeError as exc:
+            raise Transient(f"anthropic: unreadable response: {exc}") from exc
         text = "".join(block.text for block in response.content if block.type == "text")
         return Completion(
             text=text,

@@ -31,10 +31,10 @@ from ladder.messages import (
 from ladder.queueing import CLASSIFY_FUNCTION, add_to_queue
 from policies.config import CLASSIFY_QUEUE, Candidate, Policies
 from policies.prices import PriceBook
+from worker.arq_worker import RUNTIME_KEY, arq_worker
 from worker.provider import Completion, CompletionRequest, ProviderError
 from worker.providers import ProviderPool
 from worker.settle import ERROR_MESSAGE_CHARS, SETTLED_TTL_S
-from worker.tier_worker import arq_worker
 
 log = structlog.get_logger("ladder.classifier")
 
@@ -180,7 +180,7 @@ class ClassifierRuntime:
 
 
 async def classify_task(ctx: dict[str, Any], raw: bytes) -> str:
-    runtime: ClassifierRuntime = ctx["ladder"]
+    runtime: ClassifierRuntime = ctx[RUNTIME_KEY]
     return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
 
 

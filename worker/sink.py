@@ -133,7 +133,8 @@ class Sink:
             except (KeyError, msgspec.DecodeError) as e:
                 self.stats.malformed += 1
                 log.error("malformed outcome event set aside", entry=str(entry_id), error=str(e))
-                pipe.xadd(self._keys.malformed_outcomes, {**fields, b"reason": str(e).encode()})
+                aside: dict[Any, Any] = {**fields, b"reason": str(e).encode()}
+                pipe.xadd(self._keys.malformed_outcomes, aside)
                 continue
             outcomes[outcome.event_id] = outcome  # a repeat inside one batch is one row
         if outcomes:

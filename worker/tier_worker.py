@@ -7,19 +7,17 @@ from typing import Any
 
 from arq import Worker
 from arq.connections import ArqRedis
-from arq.worker import func
 
 from ladder.keys import Keys
 from ladder.messages import TIER_TASK_DECODER, TierTask
-from ladder.queueing import TIER_FUNCTION, deserialize_arq, serialize_arq
+from ladder.queueing import TIER_FUNCTION
 from policies.config import Policies
 from policies.prices import PriceBook
+from worker.arq_worker import RUNTIME_KEY, arq_worker
 from worker.provider import Completion, CompletionRequest, ProviderError
 from worker.providers import ProviderPool
 from worker.settle import Settler
 from worker.steps import Call, Priced, Step, compose, logged, timed
-
-RUNTIME_KEY = "ladder"
 
 
 class TierRuntime:
@@ -73,40 +71,6 @@ class TierRuntime:
 async def tier_task(ctx: dict[str, Any], raw: bytes) -> str:
     runtime: TierRuntime = ctx[RUNTIME_KEY]
     return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
-
-
-def arq_worker(
-    queue: str,
-    function: Any,
-    name: str,
-    redis: ArqRedis,
-    runtime: object,
-    *,
-    burst: bool,
-    max_jobs: int,
-    poll_delay: float,
-    job_timeout: int,
-    handle_signals: bool,
-) -> Worker:
-    """An arq Worker with Ladder's serializer and settings; results live in job records, not arq."""
-    return Worker(
-        functions=[func(function, name=name)],
-        queue_name=queue,
-        redis_pool=redis,
-        burst=burst,
-        max_jobs=max_jobs,
-        poll_delay=poll_delay,
-        job_timeout=job_timeout,
-        keep_result=0,
-        max_tries=3,
-        job_serializer=serialize_arq,
-        job_deserializer=deserialize_arq,
-        ctx={RUNTIME_KEY: runtime},
-        handle_signals=handle_signals,
-        health_check_key=f"{queue}:health-check",
-        health_check_interval=30,
-        log_results=False,
-    )
 
 
 def tier_worker(
