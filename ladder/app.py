@@ -34,10 +34,6 @@ class App:
     _providers: ProviderPool | None = field(default=None)
     _clickhouse: ClickHouse | None = field(default=None)
 
-    @property
-    def policies(self):  # type: ignore[no-untyped-def]
-        return self.settings.policies
-
     def producer(self) -> Producer:
         return Producer(self.redis, self.settings.policies, self.keys)
 
@@ -62,6 +58,10 @@ class App:
 
     def sink(self, batch_size: int = 5000) -> Sink:
         return Sink(self.redis, self.keys, self.clickhouse(), batch_size=batch_size)
+
+    async def aclose(self) -> None:
+        if self._providers is not None:
+            await self._providers.aclose()
 
     async def workers_until(self, done: asyncio.Event, tiers: list[str], classifier: bool) -> None:
         """Run tier (and classifier) workers in this process until `done` is set."""
@@ -95,6 +95,5 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
     try:
         yield app
     finally:
-        if app._providers is not None:
-            await app._providers.aclose()
+        await app.aclose()
         await redis.aclose()
