@@ -37,8 +37,9 @@ from worker.providers import MissingKeyError
 from worker.tier_worker import tier_worker
 
 log = structlog.get_logger("ladder")
-out = Console()
-err = Console(stderr=True)
+# Piped output gets a fixed, wide page instead of rich's 80 columns, so tables are not truncated.
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 _json = msgspec.json.Encoder()
 
 
