@@ -6,9 +6,10 @@ import asyncio
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.worker import func
 
-from ladder.queueing import serialize_arq
-from worker.arq_worker import arq_worker
+from ladder.queueing import deserialize_arq
+from worker.arq_worker import LadderWorker
 
 QUEUE = "ladder:queue:test"
 
@@ -23,8 +24,8 @@ async def test_two_workers_on_one_queue_run_each_job_exactly_once(arq_redis: Arq
     for i in range(300):
         await arq_redis.enqueue_job("record", f"j{i}", _job_id=f"j{i}", _queue_name=QUEUE)
     workers = [
-        arq_worker(QUEUE, record, "record", arq_redis, None, burst=True, max_jobs=20, poll_delay=0,
-                   job_timeout=10, handle_signals=False)
+        LadderWorker([func(record, name="record")], queue_name=QUEUE, redis_pool=arq_redis, burst=True,
+                     max_jobs=20, poll_delay=0, handle_signals=False, keep_result=0, job_deserializer=deserialize_arq)
         for _ in range(2)
     ]  # fmt: skip
     await asyncio.gather(*(w.async_run() for w in workers))
@@ -41,9 +42,8 @@ async def test_a_deferred_job_is_not_claimed_early(arq_redis: ArqRedis) -> None:
 
     await arq_redis.enqueue_job("record", "later", _job_id="later", _queue_name=QUEUE, _defer_by=60)
     await arq_redis.enqueue_job("record", "now", _job_id="now", _queue_name=QUEUE)
-    worker = arq_worker(QUEUE, record, "record", arq_redis, None, burst=True, max_jobs=5, poll_delay=0,
-                        job_timeout=10, handle_signals=False)  # fmt: skip
+    worker = LadderWorker([func(record, name="record")], queue_name=QUEUE, redis_pool=arq_redis, burst=True,
+                          max_jobs=5, poll_delay=0, handle_signals=False, job_deserializer=deserialize_arq)  # fmt: skip
     await worker.start_jobs([b"later", b"now"])
     await asyncio.gather(*worker.tasks.values())
     assert runs == ["now"]
-    assert serialize_arq({"a": 1})  # the worker's serializer is Ladder's msgpack one

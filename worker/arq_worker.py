@@ -9,15 +9,18 @@ arq is pinned to 0.28.* in pyproject.toml because this relies on its attributes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from arq import Worker
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import func
 
+from ladder.keys import Keys
+from ladder.messages import TIER_TASK_DECODER, TierTask
 from ladder.queueing import deserialize_arq, serialize_arq
+from policies.config import Policies
 
 RUNTIME_KEY = "ladder"  # where a job function finds its process's runtime in arq's ctx
 
@@ -59,28 +62,41 @@ class LadderWorker(Worker):
             self.tasks[job_id] = task
 
 
-def arq_worker(
+class TaskRuntime(Protocol):
+    """What a queue's job function needs from its process: built once at start-up, shared by Workers."""
+
+    keys: Keys
+    redis: ArqRedis
+    policies: Policies
+
+    async def run(self, task: TierTask, task_id: str, job_try: int) -> str: ...
+
+
+async def run_task(ctx: dict[str, Any], raw: bytes) -> str:
+    """The one arq job function: decode the task, hand it to this process's runtime."""
+    runtime: TaskRuntime = ctx[RUNTIME_KEY]
+    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
+
+
+def queue_worker(
+    runtime: TaskRuntime,
     queue: str,
-    function: Callable[..., Any],
-    name: str,
-    redis: Any,
-    runtime: object,
+    function_name: str,
     *,
-    burst: bool,
-    max_jobs: int,
-    poll_delay: float,
-    job_timeout: int,
-    handle_signals: bool,
+    burst: bool = False,
+    max_jobs: int = 64,
+    poll_delay: float = 0.05,
+    handle_signals: bool = True,
 ) -> Worker:
-    """An arq Worker with Ladder's serializer and settings; results live in job records, not arq."""
+    """An arq Worker on one queue with Ladder's serializer; results live in job records, not arq."""
     return LadderWorker(
-        functions=[func(function, name=name)],
+        functions=[func(run_task, name=function_name)],
         queue_name=queue,
-        redis_pool=redis,
+        redis_pool=runtime.redis,
         burst=burst,
         max_jobs=max_jobs,
         poll_delay=poll_delay,
-        job_timeout=job_timeout,
+        job_timeout=runtime.policies.limits.job_timeout_s,
         keep_result=0,
         max_tries=3,
         job_serializer=serialize_arq,

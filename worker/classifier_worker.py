@@ -19,7 +19,6 @@ from arq.connections import ArqRedis
 from ladder.keys import Keys
 from ladder.messages import (
     ENCODER,
-    TIER_TASK_DECODER,
     JobRecord,
     Message,
     Outcome,
@@ -31,7 +30,7 @@ from ladder.messages import (
 from ladder.queueing import CLASSIFY_FUNCTION, add_to_queue
 from policies.config import CLASSIFY_QUEUE, Candidate, Policies
 from policies.prices import PriceBook
-from worker.arq_worker import RUNTIME_KEY, arq_worker
+from worker.arq_worker import queue_worker
 from worker.provider import Completion, CompletionRequest, ProviderError
 from worker.providers import ProviderPool
 from worker.settle import ERROR_MESSAGE_CHARS, SETTLED_TTL_S
@@ -179,28 +178,6 @@ class ClassifierRuntime:
         log.debug("classified", job_id=job.id, tier=tier, reason=reason)
 
 
-async def classify_task(ctx: dict[str, Any], raw: bytes) -> str:
-    runtime: ClassifierRuntime = ctx[RUNTIME_KEY]
-    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
-
-
-def classifier_worker(
-    runtime: ClassifierRuntime,
-    *,
-    burst: bool = False,
-    max_jobs: int = 64,
-    poll_delay: float = 0.05,
-    handle_signals: bool = True,
-) -> Worker:
-    return arq_worker(
-        runtime.keys.queue(CLASSIFY_QUEUE),
-        classify_task,
-        CLASSIFY_FUNCTION,
-        runtime.redis,
-        runtime,
-        burst=burst,
-        max_jobs=max_jobs,
-        poll_delay=poll_delay,
-        job_timeout=runtime.policies.limits.job_timeout_s,
-        handle_signals=handle_signals,
-    )
+def classifier_worker(runtime: ClassifierRuntime, **options: Any) -> Worker:
+    """The Worker on the classify queue; options as for worker.arq_worker.queue_worker."""
+    return queue_worker(runtime, runtime.keys.queue(CLASSIFY_QUEUE), CLASSIFY_FUNCTION, **options)

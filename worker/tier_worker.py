@@ -9,11 +9,11 @@ from arq import Worker
 from arq.connections import ArqRedis
 
 from ladder.keys import Keys
-from ladder.messages import TIER_TASK_DECODER, TierTask
+from ladder.messages import TierTask
 from ladder.queueing import TIER_FUNCTION
 from policies.config import Policies
 from policies.prices import PriceBook
-from worker.arq_worker import RUNTIME_KEY, arq_worker
+from worker.arq_worker import queue_worker
 from worker.provider import Completion, CompletionRequest, ProviderError
 from worker.providers import ProviderPool
 from worker.settle import Settler
@@ -68,29 +68,6 @@ class TierRuntime:
         return settled.status.value
 
 
-async def tier_task(ctx: dict[str, Any], raw: bytes) -> str:
-    runtime: TierRuntime = ctx[RUNTIME_KEY]
-    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
-
-
-def tier_worker(
-    runtime: TierRuntime,
-    tier: str,
-    *,
-    burst: bool = False,
-    max_jobs: int = 64,
-    poll_delay: float = 0.05,
-    handle_signals: bool = True,
-) -> Worker:
-    return arq_worker(
-        runtime.keys.queue(tier),
-        tier_task,
-        TIER_FUNCTION,
-        runtime.redis,
-        runtime,
-        burst=burst,
-        max_jobs=max_jobs,
-        poll_delay=poll_delay,
-        job_timeout=runtime.policies.limits.job_timeout_s,
-        handle_signals=handle_signals,
-    )
+def tier_worker(runtime: TierRuntime, tier: str, **options: Any) -> Worker:
+    """The Worker on one tier's queue; options as for worker.arq_worker.queue_worker."""
+    return queue_worker(runtime, runtime.keys.queue(tier), TIER_FUNCTION, **options)
