@@ -23,6 +23,10 @@ class Keys:
         """Marks an arq task whose attempt was settled, so a re-run after a crash does not bill twice."""
         return f"{self.prefix}:settled:{task_id}"
 
+    def classify_cache(self, digest: str) -> str:
+        """A classification decision, by digest of the normalized prompt."""
+        return f"{self.prefix}:classify-cache:{digest}"
+
     def batch_ids(self, batch: str) -> str:
         return f"{self.prefix}:batch:{batch}:ids"
 

@@ -71,6 +71,33 @@ class Classifier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     simple_confidence: float = 0.8  # simple and confidence above this: cheapest tier
     complex_confidence: float = 0.6  # complex, or confidence below this: top tier
     safe_tier: str = "premium"  # where a job goes when the classifier's answer cannot be used
+    cache_ttl_s: int = 7 * 24 * 3600  # how long a prompt's classification is reused
+
+
+# The classes of answers that came back 200 but are not kept (policies/answer_checks.py decides).
+REFUSED, EMPTY, TRUNCATED = "refused", "empty", "truncated"
+INVALID_JSON, SCHEMA_MISMATCH, UNCERTAIN = "invalid_json", "schema_mismatch", "uncertain"
+ANSWER_CLASSES = (REFUSED, EMPTY, TRUNCATED, INVALID_JSON, SCHEMA_MISMATCH, UNCERTAIN)
+
+ARTICLE_UNCERTAINTY_PHRASES = [
+    "I'm not sure",
+    "I don't have enough information",
+    "This is unclear",
+    "I cannot determine",
+]
+
+
+class Escalation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """When an answer that came back 200 is not kept. On the top tier there is nowhere to climb:
+    the classes in keep_on_top_tier are kept (status ok, the class recorded); the rest go to the
+    dead-letter stream."""
+
+    uncertainty_phrases: list[str] = msgspec.field(default_factory=lambda: list(ARTICLE_UNCERTAINTY_PHRASES))
+    on_refusal: bool = True
+    on_empty: bool = True
+    on_truncation: bool = True
+    validate_json: bool = True
+    keep_on_top_tier: list[str] = msgspec.field(default_factory=lambda: ["uncertain", "truncated"])
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -87,6 +114,7 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     classifier: Classifier = Classifier()
     prices: dict[str, Price] = {}
     limits: Limits = Limits()
+    escalation: Escalation = Escalation()
     strategy: str = "rules-v1"
 
     @property
@@ -144,6 +172,9 @@ def _check_rules(p: Policies) -> Policies:
     ):
         if value not in names:
             raise PolicyError(f"rules.{field}: '{value}' is not a tier (tiers: {', '.join(names)})")
+    unknown = set(p.escalation.keep_on_top_tier) - set(ANSWER_CLASSES)
+    if unknown:
+        raise PolicyError(f"escalation.keep_on_top_tier: {sorted(unknown)} not among {', '.join(ANSWER_CLASSES)}")
     if p.classifier.safe_tier not in names:
         raise PolicyError(f"classifier.safe_tier: '{p.classifier.safe_tier}' is not a tier")
     if p.classifier.provider not in p.providers:

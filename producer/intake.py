@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 
 from ladder.messages import Job, Rejection
+from policies.answer_checks import schema_problem
 from policies.config import Policies
 
 
@@ -36,6 +37,10 @@ class JobValidator:
             return "prompt: give either prompt or messages, not both"
         if job.tier_hint is not None and job.tier_hint not in self._tiers:
             return f"tier_hint: '{job.tier_hint}' is not a tier ({', '.join(self._tiers)})"
+        if job.json_schema is not None:
+            bad_schema = schema_problem(job.json_schema)
+            if bad_schema is not None:
+                return f"json_schema: not a valid JSON Schema: {bad_schema}"
         if not 1 <= job.max_output_tokens <= self._limits.max_output_tokens:
             return f"max_output_tokens: {job.max_output_tokens} is outside 1..{self._limits.max_output_tokens}"
         text = job.text()

@@ -21,6 +21,7 @@ BAD_LINES = {
         "either prompt or messages",
     ),
     "zero output tokens": (line(id="z", prompt="hi", max_output_tokens=0), "max_output_tokens: 0 is outside"),
+    "broken json schema": (line(id="s", prompt="hi", json_schema={"type": "objekt"}), "json_schema: not a valid"),
 }
 
 

@@ -39,6 +39,7 @@ def test_ladder_policies_variable_names_the_file(tmp_path: Path, monkeypatch: py
         (lambda t: t.replace("[rules]", '[rules]\ndefault_tier = "free"'), "rules.default_tier: 'free' is not a tier"),
         (lambda t: t.replace("[rules]", "[rules]\ncolour = 1"), "unknown field `colour`"),
         (lambda t: t + "\n[[tiers]\n", "not valid TOML"),
+        (lambda t: t + '\n[escalation]\nkeep_on_top_tier = ["sloppy"]\n', "escalation.keep_on_top_tier: ['sloppy']"),
     ],
 )
 def test_bad_policies_name_the_field(mutation, message: str) -> None:  # type: ignore[no-untyped-def]

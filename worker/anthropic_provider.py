@@ -33,6 +33,7 @@ class _Message(msgspec.Struct):
 
 _decoder = msgspec.json.Decoder(_Message)
 _FINISH = {
+    "refusal": "refused",
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",

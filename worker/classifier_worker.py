@@ -1,14 +1,19 @@
-"""The classifier worker: jobs the rules could not decide get a tier from a cheap model.
+"""The classifier worker: jobs the rules could not decide get a tier.
 
-The model returns JSON (complexity, confidence, reason), validated with msgspec; the article's
-thresholds turn it into a tier. An answer that does not parse, or a failed call, sends the job to
-the policy's safe tier. The job text is fenced as data; the classifier's own call is an outcome
-row (route source `classifier`) billed to the job's customer.
+Text that addresses the classifier goes to the safe tier without asking a model
+(policies/injection.py). A prompt classified before (same text up to case and whitespace) reuses
+that decision. Otherwise a cheap model returns JSON (complexity, confidence, reason), validated with
+msgspec; the article's thresholds turn it into a tier, and an answer that does not parse, or a
+failed call, sends the job to the safe tier. The model's call is an outcome row (route source
+`classifier`) billed to the job's customer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -29,6 +34,7 @@ from ladder.messages import (
 )
 from ladder.queueing import CLASSIFY_FUNCTION, add_to_queue
 from policies.config import CLASSIFY_QUEUE, Candidate, Policies
+from policies.injection import steering_attempt
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
 from worker.provider import Completion, CompletionRequest, ProviderError
@@ -49,6 +55,7 @@ Answer with JSON only: {"complexity": "simple" | "moderate" | "complex", "confid
 "reason": "a few words"}"""
 
 MAX_CLASSIFIED_CHARS = 6000
+UNUSABLE = "classifier answer unusable"
 
 
 class ClassifierAnswer(msgspec.Struct, frozen=True):
@@ -72,7 +79,25 @@ def parse_answer(text: str) -> ClassifierAnswer | None:
     return answer
 
 
+class Decision(msgspec.Struct, frozen=True):
+    """Where the classify step sends a job, and why; kept in the decision cache as is."""
+
+    tier: str
+    source: RouteSource
+    reason: str
+    counter: str  # the batch counter this decision adds one to
+
+
+@dataclass
+class ModelCall:
+    started: float
+    completion: Completion | None
+    error: ProviderError | None
+
+
 class ClassifierRuntime:
+    """Decides in order: a steering guard, the decision cache, then the classifier model."""
+
     def __init__(self, policies: Policies, redis: ArqRedis, keys: Keys, providers: ProviderPool) -> None:
         self.policies = policies
         self.redis = redis
@@ -80,11 +105,14 @@ class ClassifierRuntime:
         self.providers = providers
         self.prices = PriceBook(policies)
         self.candidate = Candidate(policies.classifier.provider, policies.classifier.model)
+        # Bulk files repeat prompts, and a worker runs many jobs at once: the first job of a prompt
+        # asks the model, the others in this process wait for its decision instead of asking again.
+        self._inflight: dict[str, asyncio.Future[Decision | None]] = {}
 
     def tier_for(self, answer: ClassifierAnswer | None) -> tuple[str, str]:
         c, names = self.policies.classifier, self.policies.tier_names
         if answer is None:
-            return c.safe_tier, "classifier answer unusable"
+            return c.safe_tier, UNUSABLE
         why = f"classifier: {answer.complexity} ({answer.confidence:.2f})"
         if answer.complexity == "simple" and answer.confidence > c.simple_confidence:
             return names[0], why
@@ -95,44 +123,65 @@ class ClassifierRuntime:
     async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
         if job_try > 1 and await self.redis.exists(self.keys.settled(task_id)):
             return "already settled"
-        job = task.job
-        text = job.text()[:MAX_CLASSIFIED_CHARS].replace("</task>", "</ task>")
+        text = task.job.text()
+        steering = steering_attempt(text)
+        if steering is not None:
+            reason = f"text addresses the classifier ('{steering[:40]}'): safe tier"
+            decision = Decision(self.policies.classifier.safe_tier, RouteSource.RULE, reason, "classifier_guarded")
+            await self._settle(task, task_id, decision, None)
+            return decision.tier
+        digest = prompt_digest(text)
+        hit = await self._known(digest)
+        if hit is not None:
+            await self._settle(task, task_id, Decision(hit.tier, hit.source, hit.reason, "classifier_cache_hits"), None)
+            return hit.tier
+        leader: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = leader
+        try:
+            call = await self._ask_model(text)
+            answer = parse_answer(call.completion.text) if call.completion else None
+            tier, reason = self.tier_for(answer)
+            counter = "classifier_failures" if answer is None else "classified"
+            decision = Decision(tier, RouteSource.CLASSIFIER, reason, counter)
+            cache_key = None if answer is None else self.keys.classify_cache(digest)
+            await self._settle(task, task_id, decision, call, cache_key=cache_key)
+            leader.set_result(None if answer is None else decision)  # a failure is not shared: others ask
+        finally:
+            del self._inflight[digest]
+            if not leader.done():
+                leader.set_result(None)
+        return tier
+
+    async def _known(self, digest: str) -> Decision | None:
+        """A decision already made for this prompt: in flight in this process, or in the cache."""
+        waiting = self._inflight.get(digest)
+        if waiting is not None:
+            decided = await asyncio.shield(waiting)
+            if decided is not None:
+                return decided
+        cached = await self.redis.get(self.keys.classify_cache(digest))
+        return None if cached is None else _decision_decoder.decode(cached)
+
+    async def _ask_model(self, text: str) -> ModelCall:
+        fenced = text[:MAX_CLASSIFIED_CHARS].replace("</task>", "</ task>")
         request = CompletionRequest(
             model=self.candidate.model,
-            messages=[
-                Message("system", CLASSIFIER_PROMPT),
-                Message("user", f"<task>\n{text}\n</task>"),
-            ],
+            messages=[Message("system", CLASSIFIER_PROMPT), Message("user", f"<task>\n{fenced}\n</task>")],
             max_output_tokens=150,
             json_mode=True,
         )
-        started = time.time()
-        completion: Completion | None = None
-        error: ProviderError | None = None
+        call = ModelCall(time.time(), None, None)
         try:
-            completion = await self.providers.get(self.candidate.provider).complete(request)
+            call.completion = await self.providers.get(self.candidate.provider).complete(request)
         except ProviderError as e:
-            error = e
-        answer = parse_answer(completion.text) if completion else None
-        tier, reason = self.tier_for(answer)
-        await self._settle(task, task_id, tier, reason, started, completion, error)
-        return tier
+            call.error = e
+        return call
 
-    async def _settle(
-        self,
-        task: TierTask,
-        task_id: str,
-        tier: str,
-        reason: str,
-        started: float,
-        completion: Completion | None,
-        error: ProviderError | None,
-    ) -> None:
-        job, keys = task.job, self.keys
-        tokens_in = completion.input_tokens if completion else 0
-        tokens_out = completion.output_tokens if completion else 0
-        failed = error is not None or reason == "classifier answer unusable"
-        outcome = Outcome(
+    def _outcome(self, task: TierTask, call: ModelCall, failed: bool) -> Outcome:
+        job, done = task.job, call.completion
+        tokens_in, tokens_out = (done.input_tokens, done.output_tokens) if done else (0, 0)
+        error_class = call.error.error_class if call.error else ("invalid_output" if failed else "")
+        return Outcome(
             event_id=f"{job.id}#classify",
             job_id=job.id,
             batch=task.batch,
@@ -146,36 +195,56 @@ class ClassifierRuntime:
             model=self.candidate.model,
             attempt=0,
             status=Status.ESCALATED if failed else Status.OK,
-            error_class=error.error_class if error else ("invalid_output" if failed else ""),
-            error_message=str(error)[:ERROR_MESSAGE_CHARS] if error else "",
+            error_class=error_class,
+            error_message=str(call.error)[:ERROR_MESSAGE_CHARS] if call.error else "",
             input_tokens=tokens_in,
             output_tokens=tokens_out,
             cost=self.prices.cost(self.candidate, tokens_in, tokens_out),
             counterfactual_cost=self.prices.counterfactual_cost(tokens_in, tokens_out),
-            latency_ms=(time.time() - started) * 1000,
-            started_at=started,
+            latency_ms=(time.time() - call.started) * 1000,
+            started_at=call.started,
             finished_at=time.time(),
             strategy=task.strategy,
             simulated=self.providers.is_simulated(self.candidate.provider),
             final=False,
         )
+
+    async def _settle(
+        self, task: TierTask, task_id: str, decision: Decision, call: ModelCall | None, cache_key: str | None = None
+    ) -> None:
+        """One transaction: the model call's outcome row (if a model was asked), the decision cached,
+        the job queued on its tier with its record updated."""
+        job, keys = task.job, self.keys
         routed = TierTask(
             job=job,
             batch=task.batch,
-            route=RouteDecision(tier, RouteSource.CLASSIFIER, reason),
-            first_tier=tier,
+            route=RouteDecision(decision.tier, decision.source, decision.reason),
+            first_tier=decision.tier,
             attempts=task.attempts,
             strategy=task.strategy,
         )
-        record = JobRecord(id=job.id, batch=task.batch, status="queued", first_tier=tier, tier=tier)
+        record = JobRecord(id=job.id, batch=task.batch, status="queued", first_tier=decision.tier, tier=decision.tier)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(keys.outcomes, {"e": ENCODER.encode(outcome)})
+        if call is not None:
+            failed = decision.counter == "classifier_failures"
+            pipe.xadd(keys.outcomes, {"e": ENCODER.encode(self._outcome(task, call, failed))})
+        if cache_key is not None:
+            pipe.set(cache_key, ENCODER.encode(decision), ex=self.policies.classifier.cache_ttl_s)
         pipe.set(keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
         pipe.set(keys.job(job.id), ENCODER.encode(record), px=self.policies.limits.result_ttl_s * 1000)
-        pipe.hincrby(keys.batch_counts(task.batch), "classifier_failures" if failed else "classified", 1)
+        pipe.hincrby(keys.batch_counts(task.batch), decision.counter, 1)
         add_to_queue(pipe, keys, routed)
         await pipe.execute()
-        log.debug("classified", job_id=job.id, tier=tier, reason=reason)
+        log.debug("classified", job_id=job.id, tier=decision.tier, reason=decision.reason)
+
+
+def prompt_digest(text: str) -> str:
+    """Equal prompts up to case and whitespace share one classification."""
+    normalized = " ".join(text.lower().split())
+    return hashlib.blake2b(normalized.encode(), digest_size=16).hexdigest()
+
+
+_decision_decoder = msgspec.msgpack.Decoder(Decision)
 
 
 def classifier_worker(runtime: ClassifierRuntime, **options: Any) -> Worker:

@@ -11,6 +11,11 @@ from worker.provider import Completion, CompletionRequest, ProviderError, Transi
 _FINISH: dict[types.FinishReason | None, str] = {
     types.FinishReason.STOP: "stop",
     types.FinishReason.MAX_TOKENS: "length",
+    types.FinishReason.SAFETY: "refused",
+    types.FinishReason.RECITATION: "refused",
+    types.FinishReason.BLOCKLIST: "refused",
+    types.FinishReason.PROHIBITED_CONTENT: "refused",
+    types.FinishReason.SPII: "refused",
 }
 
 

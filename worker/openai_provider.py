@@ -21,11 +21,12 @@ from worker.provider import (
     parse_retry_after,
 )
 
-_FINISH = {"stop": "stop", "length": "length"}
+_FINISH = {"stop": "stop", "length": "length", "content_filter": "refused"}
 
 
 class _Message(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -82,7 +83,7 @@ class OpenAIProvider:
             text=(choice.message.content or "") if choice else "",
             input_tokens=usage.prompt_tokens if usage else 0,
             output_tokens=usage.completion_tokens if usage else 0,
-            finish_reason=_FINISH.get((choice.finish_reason if choice else None) or "", "other"),
+            finish_reason=_finish(choice),
         )
 
     async def aclose(self) -> None:
@@ -92,3 +93,11 @@ class OpenAIProvider:
 def _status_error(exc: openai.APIStatusError, name: str) -> ProviderError:
     message = f"{name} {exc.status_code}: {exc.message}"
     return error_for_status(exc.status_code, message, parse_retry_after(exc.response.headers.get("retry-after")))
+
+
+def _finish(choice: _Choice | None) -> str:
+    if choice is None:
+        return "other"
+    if choice.message.refusal:  # structured outputs report a refusal here, with finish_reason "stop"
+        return "refused"
+    return _FINISH.get(choice.finish_reason or "", "other")

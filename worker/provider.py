@@ -66,6 +66,16 @@ class Fatal(ProviderError):
     error_class = "fatal"
 
 
+class BadAnswer(ProviderError):
+    """The call succeeded, but its answer is not kept (policies/answer_checks.py says why). The
+    completion is carried along: its tokens were billed and its row must say so."""
+
+    def __init__(self, error_class: str, message: str, completion: Completion) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.completion = completion
+
+
 class Provider(Protocol):
     name: str
 

@@ -27,7 +27,7 @@ from ladder.messages import (
 )
 from ladder.queueing import add_to_queue
 from policies.config import Policies
-from worker.provider import Completion, ProviderError
+from worker.provider import BadAnswer, Completion, ProviderError
 from worker.steps import Call
 
 SETTLED_TTL_S = 7 * 24 * 3600
@@ -85,6 +85,16 @@ class Settler:
         self._policies = policies
         self._record_ttl_ms = policies.limits.result_ttl_s * 1000
 
+    def _status(self, tier: str, error: ProviderError | None) -> Status:
+        if error is None:
+            return Status.OK
+        if self._policies.next_tier(tier) is not None:
+            return Status.ESCALATED
+        keep = self._policies.escalation.keep_on_top_tier
+        if isinstance(error, BadAnswer) and error.error_class in keep:
+            return Status.OK  # the top tier's best answer; its error class stays on the row as a flag
+        return Status.DEAD
+
     async def already_settled(self, task_id: str) -> bool:
         return bool(await self._redis.exists(self._keys.settled(task_id)))
 
@@ -97,8 +107,10 @@ class Settler:
         simulated: bool,
     ) -> Settled:
         task, keys = call.task, self._keys
-        next_tier = None if completion is not None else self._policies.next_tier(call.tier)
-        status = Status.OK if completion is not None else Status.ESCALATED if next_tier else Status.DEAD
+        if isinstance(error, BadAnswer):
+            completion = error.completion  # answered and billed, but not kept
+        status = self._status(call.tier, error)
+        next_tier = self._policies.next_tier(call.tier) if status is Status.ESCALATED else None
         attempt = Attempt(
             number=call.number,
             tier=call.tier,

@@ -15,9 +15,10 @@ from functools import partial
 import structlog
 
 from ladder.messages import TierTask
+from policies.answer_checks import AnswerChecker
 from policies.config import Candidate
 from policies.prices import PriceBook
-from worker.provider import Completion, CompletionRequest, ProviderError
+from worker.provider import BadAnswer, Completion, CompletionRequest, ProviderError
 
 log = structlog.get_logger("ladder.call")
 
@@ -66,6 +67,21 @@ class Priced:
         completion = await proceed(call)
         call.cost = self._prices.cost(call.candidate, completion.input_tokens, completion.output_tokens)
         call.counterfactual_cost = self._prices.counterfactual_cost(completion.input_tokens, completion.output_tokens)
+        return completion
+
+
+class AnswerChecks:
+    """Turns an answer that came back 200 but must not be kept into BadAnswer (placed outside
+    Priced, so the answer's tokens are priced before it is judged)."""
+
+    def __init__(self, checker: AnswerChecker) -> None:
+        self._checker = checker
+
+    async def __call__(self, call: Call, proceed: Handler) -> Completion:
+        completion = await proceed(call)
+        found = self._checker.problem(completion.text, completion.finish_reason, call.task.job.json_schema)
+        if found is not None:
+            raise BadAnswer(found[0], found[1], completion)
         return completion
 
 

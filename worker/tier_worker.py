@@ -11,13 +11,14 @@ from arq.connections import ArqRedis
 from ladder.keys import Keys
 from ladder.messages import TierTask
 from ladder.queueing import TIER_FUNCTION
+from policies.answer_checks import AnswerChecker
 from policies.config import Policies
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
 from worker.provider import Completion, CompletionRequest, ProviderError
 from worker.providers import ProviderPool
 from worker.settle import Settler
-from worker.steps import Call, Priced, Step, compose, logged, timed
+from worker.steps import AnswerChecks, Call, Priced, Step, compose, logged, timed
 
 
 class TierRuntime:
@@ -37,7 +38,8 @@ class TierRuntime:
         self.providers = providers
         self.prices = PriceBook(policies)
         self.settler = Settler(redis, keys, policies)
-        steps: list[Step] = [timed, logged, *extra_steps, Priced(self.prices)]
+        checks = AnswerChecks(AnswerChecker(policies.escalation))
+        steps: list[Step] = [timed, logged, *extra_steps, checks, Priced(self.prices)]
         self._handler = compose(steps, self._call_provider)
 
     async def _call_provider(self, call: Call) -> Completion:
