@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_ladder_policies_variable_names_the_file(tmp_path: Path, monkeypatch: py
     ],
 )
 def test_bad_policies_name_the_field(mutation, message: str) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(PolicyError, match=message.replace("$", r"\$").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(PolicyError, match=re.escape(message)):
         parse_policies(mutation(THREE_TIERS))
 
 

@@ -131,36 +131,42 @@ class ClassifierRuntime:
             await self._settle(task, task_id, decision, None)
             return decision.tier
         digest = prompt_digest(text)
-        hit = await self._known(digest)
-        if hit is not None:
-            await self._settle(task, task_id, Decision(hit.tier, hit.source, hit.reason, "classifier_cache_hits"), None)
-            return hit.tier
+        waiting = self._inflight.get(digest)
+        if waiting is not None:  # checked and registered with no await between: one leader per prompt
+            decided = await asyncio.shield(waiting)
+            if decided is not None:
+                return await self._settle_hit(task, task_id, decided)
         leader: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
         self._inflight[digest] = leader
         try:
-            call = await self._ask_model(text)
-            answer = parse_answer(call.completion.text) if call.completion else None
-            tier, reason = self.tier_for(answer)
-            counter = "classifier_failures" if answer is None else "classified"
-            decision = Decision(tier, RouteSource.CLASSIFIER, reason, counter)
-            cache_key = None if answer is None else self.keys.classify_cache(digest)
-            await self._settle(task, task_id, decision, call, cache_key=cache_key)
-            leader.set_result(None if answer is None else decision)  # a failure is not shared: others ask
+            decision = await self._decide(task, task_id, text, digest)
+            leader.set_result(None if decision.counter == "classifier_failures" else decision)
         finally:
-            del self._inflight[digest]
+            if self._inflight.get(digest) is leader:
+                del self._inflight[digest]
             if not leader.done():
-                leader.set_result(None)
-        return tier
+                leader.set_result(None)  # a failure is not shared: the waiting jobs ask for themselves
+        return decision.tier
 
-    async def _known(self, digest: str) -> Decision | None:
-        """A decision already made for this prompt: in flight in this process, or in the cache."""
-        waiting = self._inflight.get(digest)
-        if waiting is not None:
-            decided = await asyncio.shield(waiting)
-            if decided is not None:
-                return decided
-        cached = await self.redis.get(self.keys.classify_cache(digest))
-        return None if cached is None else _decision_decoder.decode(cached)
+    async def _decide(self, task: TierTask, task_id: str, text: str, digest: str) -> Decision:
+        cache_key = self.keys.classify_cache(digest)
+        cached = await self.redis.get(cache_key)
+        if cached is not None:
+            hit = _decision_decoder.decode(cached)
+            await self._settle_hit(task, task_id, hit)
+            return hit
+        call = await self._ask_model(text)
+        answer = parse_answer(call.completion.text) if call.completion else None
+        tier, reason = self.tier_for(answer)
+        counter = "classifier_failures" if answer is None else "classified"
+        decision = Decision(tier, RouteSource.CLASSIFIER, reason, counter)
+        await self._settle(task, task_id, decision, call, cache_key=None if answer is None else cache_key)
+        return decision
+
+    async def _settle_hit(self, task: TierTask, task_id: str, known: Decision) -> str:
+        hit = Decision(known.tier, known.source, known.reason, "classifier_cache_hits")
+        await self._settle(task, task_id, hit, None)
+        return hit.tier
 
     async def _ask_model(self, text: str) -> ModelCall:
         fenced = text[:MAX_CLASSIFIED_CHARS].replace("</task>", "</ task>")
