@@ -100,6 +100,52 @@ class Escalation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keep_on_top_tier: list[str] = msgspec.field(default_factory=lambda: ["uncertain", "truncated"])
 
 
+class EmbeddingRouting(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Embedding-similarity routing (policies/embedding_router.py) in front of the LLM classifier:
+    a job in the undecided band goes to the tier of the labelled examples it resembles, or, when it
+    resembles none of them closely enough, on to the classifier model."""
+
+    enabled: bool = False
+    embedder: str = "local"  # "local" (all-MiniLM-L6-v2, the `local` extra) or "PROVIDER:MODEL"
+    # JSONL of {"text", "tier"} or {"text", "label": "simple"|"complex"}; a relative path is read from
+    # the policies file's folder; empty: the packaged policies/examples/routing_examples.jsonl.
+    examples: str = ""
+    k: int = 10  # nearest examples that vote
+    # Below this cosine similarity to every example a job is ambiguous and goes to the classifier.
+    # 0.5 suits all-MiniLM-L6-v2, where unrelated sentences score about 0-0.2, texts on the same
+    # topic about 0.4-0.6 and paraphrases 0.7 and up; other embedders need their own value.
+    threshold: float = 0.5
+    premium_share_target: float | None = None  # share of jobs for the top tier: the default of `ladder calibrate`
+    premium_score: float | None = None  # the cut `ladder calibrate` prints; unset: the plain tier vote
+
+
+def embedder_provider(spec: str, providers: dict[str, ProviderConfig]) -> tuple[str, str]:
+    """("local", "") for "local", else (provider, model) for "PROVIDER:MODEL", PROVIDER a provider of
+    kind openai or gemini (Anthropic has no embeddings API)."""
+    if spec == "local":
+        return "local", ""
+    provider, sep, model = spec.partition(":")
+    if not sep or not provider or not model:
+        raise PolicyError(f"embedding.embedder: '{spec}' is not 'local' or 'PROVIDER:MODEL'")
+    config = providers.get(provider)
+    if config is None:
+        raise PolicyError(f"embedding.embedder: unknown provider '{provider}' (providers: {', '.join(providers)})")
+    if config.kind not in ("openai", "gemini"):
+        raise PolicyError(f"embedding.embedder: provider '{provider}' is {config.kind}, which has no embeddings API")
+    return provider, model
+
+
+class RateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A provider's limits for one model and account; 0 means not limited. Ladder aims at
+    `headroom` of each, so clock skew against the provider's own bucket does not cost 429s."""
+
+    rpm: int = 0
+    input_tpm: int = 0
+    output_tpm: int = 0
+    concurrency: int = 0
+    headroom: float = 0.98
+
+
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_prompt_chars: int = 400_000
     max_output_tokens: int = 8192
@@ -115,6 +161,8 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prices: dict[str, Price] = {}
     limits: Limits = Limits()
     escalation: Escalation = Escalation()
+    rate_limits: dict[str, RateLimit] = {}  # keyed "provider/model", e.g. "openai/gpt-4o-mini"
+    embedding: EmbeddingRouting = EmbeddingRouting()
     strategy: str = "rules-v1"
 
     @property
@@ -179,6 +227,48 @@ def _check_rules(p: Policies) -> Policies:
         raise PolicyError(f"classifier.safe_tier: '{p.classifier.safe_tier}' is not a tier")
     if p.classifier.provider not in p.providers:
         raise PolicyError(f"classifier.provider: unknown provider '{p.classifier.provider}'")
+    return _check_embedding(p)
+
+
+def _check_embedding(p: Policies) -> Policies:
+    e = p.embedding
+    embedder_provider(e.embedder, p.providers)
+    if e.k < 1:
+        raise PolicyError(f"embedding.k: {e.k} must be at least 1")
+    if not -1.0 <= e.threshold <= 1.0:
+        raise PolicyError(f"embedding.threshold: {e.threshold} is not a cosine similarity (-1 to 1)")
+    if e.premium_share_target is not None and not 0.0 < e.premium_share_target < 1.0:
+        raise PolicyError(f"embedding.premium_share_target: {e.premium_share_target} must be between 0 and 1")
+    if e.premium_score is not None and not 0.0 <= e.premium_score <= 1.0:
+        raise PolicyError(f"embedding.premium_score: {e.premium_score} must be between 0 and 1")
+    return p
+
+
+PACKAGED_EXAMPLES = "examples/routing_examples.jsonl"
+
+
+def examples_path(policies: Policies) -> Path:
+    """The examples file of the [embedding] section: as resolved by load_policies, or the packaged one."""
+    chosen = policies.embedding.examples
+    return Path(chosen) if chosen else Path(str(resources.files("policies").joinpath(PACKAGED_EXAMPLES)))
+
+
+def _with_examples(p: Policies, folder: Path | None) -> Policies:
+    """Resolve a relative examples path against the policies file's folder; when routing by
+    embeddings is on, check the file now, so a bad line stops start-up with its number."""
+    e = p.embedding
+    if e.examples and folder is not None and not Path(e.examples).is_absolute():
+        p = msgspec.structs.replace(p, embedding=msgspec.structs.replace(e, examples=str(folder / e.examples)))
+    if p.embedding.enabled:
+        from policies.embedding_router import ExamplesError, parse_examples  # numpy: only when enabled
+
+        path = examples_path(p)
+        try:
+            parse_examples(path.read_text(encoding="utf-8"), p.tier_names, str(path))
+        except OSError as err:
+            raise PolicyError(f"embedding.examples: cannot read {path}: {err.strerror}") from None
+        except ExamplesError as err:
+            raise PolicyError(f"embedding.examples: {err}") from None
     return p
 
 
@@ -206,8 +296,8 @@ def load_policies(path: str | os.PathLike[str] | None = None) -> Policies:
     """The file named by `path`, else by LADDER_POLICIES, else the packaged default."""
     chosen = path or os.environ.get("LADDER_POLICIES")
     if not chosen:
-        return parse_policies(default_policies_text(), "policies/default.toml")
+        return _with_examples(parse_policies(default_policies_text(), "policies/default.toml"), None)
     p = Path(chosen)
     if not p.is_file():
         raise PolicyError(f"policies file not found: {p}")
-    return parse_policies(p.read_text(encoding="utf-8"), str(p))
+    return _with_examples(parse_policies(p.read_text(encoding="utf-8"), str(p)), p.parent)

@@ -1,10 +1,12 @@
-"""A fake LLM provider: one stdlib HTTP/1.1 server speaking three wire formats.
+"""A fake LLM provider: one stdlib HTTP/1.1 server speaking the three providers' wire formats.
 
 Routes (POST, JSON bodies with Content-Length or chunked; keep-alive; any number of connections):
 
 - Anthropic Messages      /v1/messages
 - OpenAI Chat Completions /v1/chat/completions  (response_format is accepted and ignored)
 - Gemini generateContent  /v1/models/{model}:generateContent and /v1beta/models/{model}:generateContent
+- OpenAI Embeddings       /v1/embeddings  (input: a string or a list of strings; encoding_format float or base64)
+- Gemini embeddings       /v1[beta]/models/{model}:embedContent and :batchEmbedContents
 
 Anything else answers 404 with a JSON body. A request without an API key (x-api-key, Authorization:
 Bearer, x-goog-api-key or ?key=) answers 401 in the provider's error format.
@@ -20,8 +22,14 @@ Deterministic token counting, the same for the three formats:
   generationConfig.maxOutputTokens), the reply is cut to limit * 4 characters, output_tokens = limit
   and the finish reason is "max_tokens" / "length" / "MAX_TOKENS" (else "end_turn" / "stop" / "STOP").
 
+Embeddings are deterministic and need no model: each text's words (lowercased \\w+ runs) are hashed
+into EMBED_DIMS signed buckets and the counts L2-normalized, so texts sharing words are close and
+texts sharing none are near orthogonal. Their calls are recorded with input_tokens = the tokens of the
+inputs joined with "\\n" (the rule above) and output_tokens = 0; OpenAI's answer carries them as
+usage.prompt_tokens.
+
 Failures set with `fail()` answer with the provider's error body (429s carry `retry-after: 1`) and are
-recorded with zero tokens. Every request to one of the three routes is recorded as a `Call`.
+recorded with zero tokens. Every request to one of the routes is recorded as a `Call`.
 
 In tests: `fake = FakeProvider().start()`, then point the SDKs at `fake.env()`. For benchmarks:
 `python -m tests.fake_provider --port 8765` prints "ready http://127.0.0.1:8765" and serves until killed
@@ -32,10 +40,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import itertools
 import json
+import math
 import re
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +62,9 @@ DEFAULT_KEYS = {
     "GEMINI_API_KEY": "gemini-fake-KEY-789",
 }
 _GEMINI_PATH = re.compile(r"^/(?:v1|v1beta)/models/([^/]+):generateContent$")
+_GEMINI_EMBED_PATH = re.compile(r"^/(?:v1|v1beta)/models/([^/]+):(embedContent|batchEmbedContents)$")
+_WORD = re.compile(r"\w+")
+EMBED_DIMS = 64
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -363,6 +378,9 @@ class FakeProvider:
 
     def _handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Response:
         split = urlsplit(target)
+        embed_route = _embed_route(split.path)
+        if embed_route is not None:
+            return self._handle_embeddings(method, embed_route, headers, split.query, body)
         provider, model = _route(split.path)
         if not provider:
             message = f"no route for {method} {split.path}"
@@ -389,6 +407,45 @@ class FakeProvider:
         build, id_header = _BODIES[provider]
         extra = {id_header: f"req_fake{n:012d}"} if id_header else {}
         return 200, extra, _json(build(n, model, text, input_tokens, output_tokens, truncated))
+
+    def _handle_embeddings(
+        self, method: str, route: tuple[str, str, str], headers: dict[str, str], query: str, body: bytes
+    ) -> _Response:
+        """The embedding routes: same order of checks as the chat routes (method, body, key, failure)."""
+        provider, model, kind = route
+        if method != "POST":
+            return 405, {"allow": "POST"}, _json(_error_body(provider, 405, f"method {method} not allowed"))
+        api_key = _api_key(headers, query)
+        try:
+            request = json.loads(body or b"null")
+            if not isinstance(request, dict):
+                raise _BadRequest("the body must be a JSON object")
+            if provider == "openai":
+                model = str(request.get("model", ""))
+                texts = _openai_embed_inputs(request)
+            else:
+                texts = _gemini_embed_inputs(request, kind)
+        except (ValueError, _BadRequest, AttributeError, TypeError, KeyError) as exc:
+            return self._error(provider, model, api_key, 400, f"invalid request: {exc}")
+        if not api_key:
+            return self._error(provider, model, api_key, 401, "missing API key")
+        failure, _ = self._take_failure(model)
+        if failure is not None:
+            return self._error(provider, model, api_key, failure[0], failure[1])
+        input_tokens = _tokens("\n".join(texts))
+        self._record(Call(provider, model, input_tokens, 0, 200, api_key))
+        vectors = [fake_embedding(t) for t in texts]
+        if provider == "openai":
+            as_base64 = request.get("encoding_format") == "base64"
+            n = next(self._ids)
+            return (
+                200,
+                {"x-request-id": f"req_fake{n:012d}"},
+                _json(_openai_embeddings(model, vectors, input_tokens, as_base64)),
+            )
+        if kind == "embedContent":
+            return 200, {}, _json({"embedding": {"values": vectors[0]}})
+        return 200, {}, _json({"embeddings": [{"values": v} for v in vectors]})
 
     def _take_failure(self, model: str) -> tuple[tuple[int, str] | None, str | None]:
         """The failure to answer this call with, if any (counting it down), and the fixed reply."""
@@ -421,6 +478,55 @@ def _route(path: str) -> tuple[str, str]:
         return "openai", ""
     gemini = _GEMINI_PATH.match(path)
     return ("gemini", unquote(gemini.group(1))) if gemini else ("", "")
+
+
+def _embed_route(path: str) -> tuple[str, str, str] | None:
+    """(provider, model from the path, Gemini method) for an embedding route, else None."""
+    if path == "/v1/embeddings":
+        return "openai", "", "embeddings"
+    gemini = _GEMINI_EMBED_PATH.match(path)
+    return ("gemini", unquote(gemini.group(1)), gemini.group(2)) if gemini else None
+
+
+def fake_embedding(text: str) -> list[float]:
+    """The fake's vector for a text: a signed hashed bag of its words, L2-normalized (zeros if none).
+    blake2b, not hash(): the same text must get the same vector in every process."""
+    counts = [0.0] * EMBED_DIMS
+    for word in _WORD.findall(text.lower()):
+        h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        counts[h % EMBED_DIMS] += 1.0 if (h >> 32) & 1 else -1.0
+    norm = math.sqrt(sum(c * c for c in counts)) or 1.0
+    return [c / norm for c in counts]
+
+
+def _openai_embed_inputs(request: dict[str, Any]) -> list[str]:
+    value = request.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise _BadRequest("input must be a string or a non-empty list of strings (token arrays are not supported)")
+    return texts
+
+
+def _gemini_embed_inputs(request: dict[str, Any], kind: str) -> list[str]:
+    if kind == "embedContent":
+        return ["\n".join(_texts(request["content"]))]
+    requests = request.get("requests")
+    if not isinstance(requests, list) or not requests:
+        raise _BadRequest("requests must be a non-empty list")
+    return ["\n".join(_texts(r["content"])) for r in requests]
+
+
+def _openai_embeddings(model: str, vectors: list[list[float]], tokens: int, as_base64: bool) -> dict[str, Any]:
+    def encode(v: list[float]) -> Any:
+        # base64 of little-endian float32, what the SDK decodes (and asks for by default)
+        return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if as_base64 else v
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _parse(provider: str, body: bytes) -> tuple[str, list[str], str, int | None]:
