@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -14,11 +14,13 @@ from ladder.keys import Keys
 from ladder.queueing import deserialize_arq, serialize_arq
 from ladder.settings import EmbeddedRedis, Settings, redacted_url, redis_settings
 from producer.submit import Producer
-from worker.classifier_worker import ClassifierRuntime, classifier_worker
+from worker.classifier_worker import ClassifierRuntime, EmbeddingStage, classifier_worker
 from worker.clickhouse import ClickHouse
+from worker.embedders import build_embedder
 from worker.providers import ProviderPool
 from worker.sink import Sink
 from worker.tier_worker import TierRuntime, tier_worker
+from worker.vector_cache import cache_dir, load_embedding_router
 
 log = structlog.get_logger("ladder")
 
@@ -33,6 +35,7 @@ class App:
     _embedded: EmbeddedRedis | None = None
     _providers: ProviderPool | None = field(default=None)
     _clickhouse: ClickHouse | None = field(default=None)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def producer(self) -> Producer:
         return Producer(self.redis, self.settings.policies, self.keys)
@@ -53,8 +56,15 @@ class App:
     def tier_runtime(self) -> TierRuntime:
         return TierRuntime(self.settings.policies, self.redis, self.keys, self.providers())
 
-    def classifier_runtime(self) -> ClassifierRuntime:
-        return ClassifierRuntime(self.settings.policies, self.redis, self.keys, self.providers())
+    async def classifier_runtime(self) -> ClassifierRuntime:
+        policies = self.settings.policies
+        embedding = None
+        if policies.embedding.enabled:
+            embedder = build_embedder(policies.embedding.embedder, policies, self.settings.env)
+            router = await load_embedding_router(policies, embedder, cache_dir(self.settings.data_dir))
+            self._closers.append(embedder.aclose)
+            embedding = EmbeddingStage(embedder, router)
+        return ClassifierRuntime(policies, self.redis, self.keys, self.providers(), embedding)
 
     def sink(self, batch_size: int = 5000) -> Sink:
         return Sink(self.redis, self.keys, self.clickhouse(), batch_size=batch_size)
@@ -62,13 +72,15 @@ class App:
     async def aclose(self) -> None:
         if self._providers is not None:
             await self._providers.aclose()
+        for close in self._closers:
+            await close()
 
     async def workers_until(self, done: asyncio.Event, tiers: list[str], classifier: bool) -> None:
         """Run tier (and classifier) workers in this process until `done` is set."""
         runtime = self.tier_runtime()
         workers = [tier_worker(runtime, t, handle_signals=False) for t in tiers]
         if classifier:
-            workers.append(classifier_worker(self.classifier_runtime(), handle_signals=False))
+            workers.append(classifier_worker(await self.classifier_runtime(), handle_signals=False))
         tasks = [asyncio.create_task(w.main()) for w in workers]
         try:
             await done.wait()

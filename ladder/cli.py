@@ -98,7 +98,7 @@ async def cmd_enqueue(app: App, args: argparse.Namespace) -> int:
 async def cmd_worker(app: App, args: argparse.Namespace) -> int:
     if args.classifier:
         worker = classifier_worker(
-            app.classifier_runtime(), burst=args.burst, max_jobs=args.concurrency, poll_delay=args.poll_delay
+            await app.classifier_runtime(), burst=args.burst, max_jobs=args.concurrency, poll_delay=args.poll_delay
         )
     else:
         if args.tier not in app.settings.policies.tier_names:

@@ -19,7 +19,7 @@ async def enqueue(app: App, path: Path, batch: str) -> tuple[SubmitReport, list[
 
 async def drain_workers(app: App) -> None:
     """Escalation only moves up, so one burst pass per queue, classifier first, settles every job."""
-    await classifier_worker(app.classifier_runtime(), burst=True, poll_delay=0, handle_signals=False).async_run()
+    await classifier_worker(await app.classifier_runtime(), burst=True, poll_delay=0, handle_signals=False).async_run()
     runtime = app.tier_runtime()
     for tier in app.settings.policies.tier_names:
         await tier_worker(runtime, tier, burst=True, poll_delay=0, handle_signals=False).async_run()

@@ -122,3 +122,56 @@ async def test_an_unusable_answer_goes_to_the_safe_tier_and_is_counted(
         )
         assert rows == [("classify", "escalated", "invalid_output"), ("premium", "ok", "")]
         assert (await batch_counts(app.redis, app.keys, "bad"))["classifier_failures"] == 1
+
+
+async def test_similar_examples_route_without_asking_the_model(
+    settings_env: dict[str, str], fake: FakeProvider, tmp_path: Path, clickhouse, chdb_url: str
+) -> None:
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text(
+        "\n".join(
+            json.dumps(e)
+            for e in [
+                {"text": "what is the balance of my savings account", "tier": "cheap"},
+                {"text": "show the balance of my checking account", "tier": "cheap"},
+                {"text": "design a fault tolerant distributed architecture for payments", "tier": "premium"},
+                {"text": "design a distributed architecture for global payments at scale", "tier": "premium"},
+            ]
+        )
+        + "\n"
+    )
+    from tests.helpers import THREE_TIERS
+
+    text = THREE_TIERS.replace("min_input_tokens = 300", "min_input_tokens = 1") + (
+        f'\n[embedding]\nenabled = true\nembedder = "openai:text-embedding-3-small"\nexamples = "{examples}"\n'
+        "k = 2\nthreshold = 0.5\n"
+    )
+    policies_path = tmp_path / "p.toml"
+    policies_path.write_text(text)
+    env = dict(settings_env, CLICKHOUSE_URL=chdb_url, CLICKHOUSE_DATABASE=clickhouse.database)
+    settings = Settings.from_env(str(policies_path), env)
+    fake.reply(CLASSIFIER, '{"complexity": "moderate", "confidence": 0.7}')
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        "\n".join(
+            [
+                line(id="bal", prompt="what is the balance of my savings account today"),
+                line(id="arch", prompt="design a distributed architecture for payments"),
+                line(id="poem", prompt="a haiku about autumn leaves falling slowly"),
+            ]
+        )
+        + "\n"
+    )
+    async with open_app(settings) as app:
+        await process(app, jobs, "emb")
+        rows = app.clickhouse().query(
+            "SELECT job_id, tier, route_source FROM {db}.outcomes FINAL WHERE final ORDER BY job_id"
+        )
+        assert rows == [
+            ("arch", "premium", "embedding"),
+            ("bal", "cheap", "embedding"),
+            ("poem", "standard", "classifier"),  # like no example: the model decided
+        ]
+        assert [c.model for c in fake.calls()].count(CLASSIFIER) == 1
+        counts = await batch_counts(app.redis, app.keys, "emb")
+        assert (counts["embedded"], counts["classified"]) == (2, 1)

@@ -2,7 +2,8 @@
 
 Text that addresses the classifier goes to the safe tier without asking a model
 (policies/injection.py). A prompt classified before (same text up to case and whitespace) reuses
-that decision. Otherwise a cheap model returns JSON (complexity, confidence, reason), validated with
+that decision. A text close enough to the labelled examples takes their tier (embedding routing,
+when the policies enable it). Otherwise a cheap model returns JSON (complexity, confidence, reason), validated with
 msgspec; the article's thresholds turn it into a tier, and an answer that does not parse, or a
 failed call, sends the job to the safe tier. The model's call is an outcome row (route source
 `classifier`) billed to the job's customer.
@@ -34,6 +35,8 @@ from ladder.messages import (
 )
 from ladder.queueing import CLASSIFY_FUNCTION, add_to_queue
 from policies.config import CLASSIFY_QUEUE, Candidate, Policies
+from policies.embedding import Embedder
+from policies.embedding_router import EmbeddingRouter
 from policies.injection import steering_attempt
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
@@ -95,14 +98,31 @@ class ModelCall:
     error: ProviderError | None
 
 
-class ClassifierRuntime:
-    """Decides in order: a steering guard, the decision cache, then the classifier model."""
+@dataclass(frozen=True)
+class EmbeddingStage:
+    """Embedding-similarity routing in front of the model (policies [embedding])."""
 
-    def __init__(self, policies: Policies, redis: ArqRedis, keys: Keys, providers: ProviderPool) -> None:
+    embedder: Embedder
+    router: EmbeddingRouter
+
+
+class ClassifierRuntime:
+    """Decides in order: a steering guard, the decision cache, embedding similarity (when
+    configured), then the classifier model."""
+
+    def __init__(
+        self,
+        policies: Policies,
+        redis: ArqRedis,
+        keys: Keys,
+        providers: ProviderPool,
+        embedding: EmbeddingStage | None = None,
+    ) -> None:
         self.policies = policies
         self.redis = redis
         self.keys = keys
         self.providers = providers
+        self.embedding = embedding
         self.prices = PriceBook(policies)
         self.candidate = Candidate(policies.classifier.provider, policies.classifier.model)
         # Bulk files repeat prompts, and a worker runs many jobs at once: the first job of a prompt
@@ -155,6 +175,10 @@ class ClassifierRuntime:
             hit = _decision_decoder.decode(cached)
             await self._settle_hit(task, task_id, hit)
             return hit
+        similar = await self._by_similarity(text)
+        if similar is not None:
+            await self._settle(task, task_id, similar, None, cache_key=cache_key)
+            return similar
         call = await self._ask_model(text)
         answer = parse_answer(call.completion.text) if call.completion else None
         tier, reason = self.tier_for(answer)
@@ -162,6 +186,20 @@ class ClassifierRuntime:
         decision = Decision(tier, RouteSource.CLASSIFIER, reason, counter)
         await self._settle(task, task_id, decision, call, cache_key=None if answer is None else cache_key)
         return decision
+
+    async def _by_similarity(self, text: str) -> Decision | None:
+        """The examples' tier when the text resembles them closely enough; None asks the model."""
+        if self.embedding is None:
+            return None
+        try:
+            vectors = await self.embedding.embedder.embed([text])
+        except ProviderError as e:  # an embeddings outage only costs the model call it would have saved
+            log.warning("embedding failed, asking the classifier model", error=str(e)[:200])
+            return None
+        tier = self.embedding.router.route(vectors)
+        if tier is None:
+            return None
+        return Decision(tier, RouteSource.EMBEDDING, f"similar examples vote {tier}", "embedded")
 
     async def _settle_hit(self, task: TierTask, task_id: str, known: Decision) -> str:
         hit = Decision(known.tier, known.source, known.reason, "classifier_cache_hits")

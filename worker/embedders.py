@@ -28,7 +28,7 @@ from google.genai import errors, types
 from policies.config import Policies, embedder_provider
 from policies.embedding import Embedder, Vectors, normalize
 from worker.provider import ProviderError, Transient, error_for_status, parse_retry_after
-from worker.providers import DEFAULT_KEY_ENV, MissingKeyError
+from worker.providers import MissingKeyError, key_vars, provider_key
 
 LOCAL_MODEL = "local/all-MiniLM-L6-v2"
 
@@ -214,13 +214,9 @@ def build_embedder(spec: str, policies: Policies, env: Mapping[str, str] | None 
     if provider == "local":
         return LocalEmbedder()
     config = policies.providers[provider]
-    environ = os.environ if env is None else env
-    key_vars = (config.api_key_env,) if config.api_key_env else DEFAULT_KEY_ENV[config.kind]
-    key = next((environ[v] for v in key_vars if environ.get(v)), None)
-    if key is None and config.kind == "openai" and config.base_url and not config.api_key_env:
-        key = "unused"  # local OpenAI-compatible servers usually take no key
+    key = provider_key(config, os.environ if env is None else env)
     if key is None:
-        raise MissingKeyError(f"embedder '{spec}' has no API key: set {' or '.join(key_vars)}")
+        raise MissingKeyError(f"embedder '{spec}' has no API key: set {' or '.join(key_vars(config))}")
     base_url = config.base_url or None
     if config.kind == "openai":
         return OpenAIEmbedder(model, api_key=key, base_url=base_url, provider=provider)

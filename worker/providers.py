@@ -23,8 +23,16 @@ class MissingKeyError(RuntimeError):
     pass
 
 
-def _key_vars(config: ProviderConfig) -> tuple[str, ...]:
+def key_vars(config: ProviderConfig) -> tuple[str, ...]:
+    """The variables a provider's key is read from: its own `api_key_env`, else the SDK's."""
     return (config.api_key_env,) if config.api_key_env else DEFAULT_KEY_ENV[config.kind]
+
+
+def provider_key(config: ProviderConfig, env: Mapping[str, str]) -> str | None:
+    key = next((env[v] for v in key_vars(config) if env.get(v)), None)
+    if key is None and config.kind == "openai" and config.base_url and not config.api_key_env:
+        key = "unused"  # local OpenAI-compatible servers usually take no key
+    return key
 
 
 def _build(name: str, config: ProviderConfig, key: str | None) -> Provider:
@@ -57,14 +65,11 @@ class ProviderPool:
         used = {c.provider for t in policies.tiers for c in t.candidates} | {policies.classifier.provider}
         for name in sorted(used):
             config = policies.providers[name]
-            key_vars = _key_vars(config)
-            key = next((env[v] for v in key_vars if env.get(v)), None)
-            if key is None and config.kind == "openai" and config.base_url and not config.api_key_env:
-                key = "unused"  # local OpenAI-compatible servers usually take no key
+            key = provider_key(config, env)
             if key is None:
                 if require_keys:
                     raise MissingKeyError(
-                        f"provider '{name}' has no API key: set {' or '.join(key_vars)} "
+                        f"provider '{name}' has no API key: set {' or '.join(key_vars(config))} "
                         "(LADDER_REQUIRE_KEYS forbids the simulated provider)"
                     )
                 self._providers[name] = SimulatedProvider(name, simulated_failure_rate)
