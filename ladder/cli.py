@@ -24,6 +24,7 @@ from rich.progress import (
 )
 
 from ladder.app import App, open_app
+from ladder.calibrate_cmd import add_calibrate_parser, run_calibrate
 from ladder.logs import configure_logging
 from ladder.messages import Rejection
 from ladder.output import FORMATS, render
@@ -246,8 +247,14 @@ def _parser() -> argparse.ArgumentParser:
     spend.add_argument("--by", choices=list(SPEND_BY), default="model")
     spend.add_argument("--batch")
     fmt(spend)
+    add_calibrate_parser(sub)
     return p
 
+
+# Commands that need neither Redis nor ClickHouse run without opening them.
+OFFLINE: dict[str, Callable[[argparse.Namespace], int]] = {
+    "calibrate": run_calibrate,
+}
 
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "enqueue": cmd_enqueue,
@@ -283,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format, settings.env)
     try:
+        if args.command in OFFLINE:
+            return OFFLINE[args.command](args)
         return _run_loop(_main(settings, args))
     except (MissingKeyError, PolicyError, FileNotFoundError) as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
