@@ -27,6 +27,10 @@ class Keys:
         """A classification decision, by digest of the normalized prompt."""
         return f"{self.prefix}:classify-cache:{digest}"
 
+    def cooldown(self, model: str) -> str:
+        """Present while a "provider/model" is cooling down after overload or outage."""
+        return f"{self.prefix}:cooldown:{model}"
+
     def batch_ids(self, batch: str) -> str:
         return f"{self.prefix}:batch:{batch}:ids"
 

@@ -31,7 +31,9 @@ class RouteSource(enum.StrEnum):
 class Status(enum.StrEnum):
     OK = "ok"
     ESCALATED = "escalated"  # this attempt failed; the job moved one tier up
-    DEAD = "dead"  # this attempt failed on the top tier; the job went to the dead-letter stream
+    DEAD = "dead"  # this attempt failed on the top tier (or the job is malformed); dead-lettered
+    RETRIED = "retried"  # rate limited: the same model is asked again once the lane allows
+    FAILOVER = "failover"  # this candidate failed; the next candidate of the same tier is asked
 
 
 class Message(msgspec.Struct, frozen=True):

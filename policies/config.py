@@ -146,6 +146,14 @@ class RateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     headroom: float = 0.98
 
 
+class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a failed call is retried within a tier (escalation to the next tier is separate)."""
+
+    rate_limit_retries: int = 5  # 429s waited out on the same model before failing over
+    cooldown_s: int = 30  # after 5xx, 529 or a timeout the model is skipped by every worker this long
+    max_lane_wait_s: int = 60  # a job waits this long at most for a blocked lane, then fails over
+
+
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_prompt_chars: int = 400_000
     max_output_tokens: int = 8192
@@ -162,6 +170,7 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: Limits = Limits()
     escalation: Escalation = Escalation()
     rate_limits: dict[str, RateLimit] = {}  # keyed "provider/model", e.g. "openai/gpt-4o-mini"
+    faults: Faults = Faults()
     embedding: EmbeddingRouting = EmbeddingRouting()
     strategy: str = "rules-v1"
 

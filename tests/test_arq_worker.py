@@ -19,7 +19,7 @@ async def test_two_workers_on_one_queue_run_each_job_exactly_once(arq_redis: Arq
 
     async def record(ctx: dict[str, Any], job_id: str) -> None:
         runs.append(job_id)
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.005)
 
     for i in range(300):
         await arq_redis.enqueue_job("record", f"j{i}", _job_id=f"j{i}", _queue_name=QUEUE)

@@ -8,7 +8,8 @@ import time
 from arq.connections import ArqRedis
 
 from policies.config import RateLimit
-from worker.rate_limiter import RateLimiter, Usage, account_of
+from worker.providers import account_of
+from worker.rate_limiter import RateLimiter, Usage
 
 LANE = "openai:gpt-4o-mini:acct"
 

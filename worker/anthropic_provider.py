@@ -10,7 +10,15 @@ import anthropic
 import httpx2
 import msgspec
 
-from worker.provider import Completion, CompletionRequest, ProviderError, Transient, error_for_status, parse_retry_after
+from worker.provider import (
+    Completion,
+    CompletionRequest,
+    ProviderError,
+    Transient,
+    error_for_status,
+    header_int,
+    parse_retry_after,
+)
 
 JSON_INSTRUCTION = "Answer with a single JSON object and nothing else."
 
@@ -69,11 +77,15 @@ class AnthropicProvider:
         except msgspec.DecodeError as exc:
             raise Transient(f"anthropic: unreadable response: {exc}") from exc
         text = "".join(block.text for block in response.content if block.type == "text")
+        headers = raw.headers
         return Completion(
             text=text,
             input_tokens=response.usage.input_tokens,
             output_tokens=response.usage.output_tokens,
             finish_reason=_FINISH.get(response.stop_reason or "", "other"),
+            requests_left=header_int(headers, "anthropic-ratelimit-requests-remaining"),
+            input_tokens_left=header_int(headers, "anthropic-ratelimit-input-tokens-remaining"),
+            output_tokens_left=header_int(headers, "anthropic-ratelimit-output-tokens-remaining"),
         )
 
     async def aclose(self) -> None:

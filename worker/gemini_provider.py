@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import httpx2
 from google import genai
 from google.genai import errors, types
 
 from worker.provider import Completion, CompletionRequest, ProviderError, Transient, error_for_status, parse_retry_after
 
+_RETRY_DELAY = re.compile(r'"retryDelay":\s*"(\d+(?:\.\d+)?)s"')
 _FINISH: dict[types.FinishReason | None, str] = {
     types.FinishReason.STOP: "stop",
     types.FinishReason.MAX_TOKENS: "length",
@@ -68,4 +72,7 @@ class GeminiProvider:
 def _status_error(exc: errors.APIError) -> ProviderError:
     headers = getattr(exc.response, "headers", None)
     retry_after = parse_retry_after(headers.get("retry-after") if headers is not None else None)
+    if retry_after is None:  # Gemini says how long to wait in a RetryInfo detail, not a header
+        found = _RETRY_DELAY.search(json.dumps(exc.details, default=str))
+        retry_after = float(found.group(1)) if found else None
     return error_for_status(exc.code, f"gemini {exc.code} {exc.status}: {exc.message}", retry_after)

@@ -18,6 +18,7 @@ from worker.provider import (
     ProviderError,
     Transient,
     error_for_status,
+    header_int,
     parse_retry_after,
 )
 
@@ -84,6 +85,8 @@ class OpenAIProvider:
             input_tokens=usage.prompt_tokens if usage else 0,
             output_tokens=usage.completion_tokens if usage else 0,
             finish_reason=_finish(choice),
+            requests_left=header_int(raw.headers, "x-ratelimit-remaining-requests"),
+            input_tokens_left=header_int(raw.headers, "x-ratelimit-remaining-tokens"),
         )
 
     async def aclose(self) -> None:

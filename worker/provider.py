@@ -7,6 +7,7 @@ the few classes below, so nothing above this layer imports an SDK.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Protocol
 
@@ -26,7 +27,19 @@ class Completion(msgspec.Struct, frozen=True):
     text: str
     input_tokens: int
     output_tokens: int
-    finish_reason: str  # normalized: "stop" | "length" | "other"
+    finish_reason: str  # normalized: "stop" | "length" | "refused" | "other"
+    # What the provider's rate-limit headers say is left, where it sends them.
+    requests_left: int | None = None
+    input_tokens_left: int | None = None
+    output_tokens_left: int | None = None
+
+
+def header_int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 class ProviderError(Exception):
@@ -76,6 +89,15 @@ class BadAnswer(ProviderError):
         self.completion = completion
 
 
+class SpendLimited(Fatal):
+    """The account's spend limit or quota is reached: never retried; its lane stops until a person acts."""
+
+    error_class = "spend_limit"
+
+
+SPEND_MARKERS = ("insufficient_quota", "spend limit", "spending limit", "usage limit", "credit balance", "billing")
+
+
 class Provider(Protocol):
     name: str
 
@@ -86,6 +108,8 @@ class Provider(Protocol):
 
 def error_for_status(status: int, message: str, retry_after: float | None = None) -> ProviderError:
     """Map an HTTP status to Ladder's classes; shared by every adapter so they agree."""
+    if status in (400, 402, 403, 429) and any(m in message.lower() for m in SPEND_MARKERS):
+        return SpendLimited(message, status=status)
     if status == 429:
         return RateLimited(message, status=status, retry_after=retry_after)
     if status in (503, 529):

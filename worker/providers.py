@@ -6,6 +6,7 @@ set, in which case a missing key stops start-up with an error naming the variabl
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from policies.config import Policies, ProviderConfig
@@ -17,6 +18,13 @@ DEFAULT_KEY_ENV = {
     "openai": ("OPENAI_API_KEY",),
     "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
 }
+
+
+def account_of(api_key: str | None) -> str:
+    """A lane's account label: a short digest, so no key ever appears in Redis or a log."""
+    if not api_key:
+        return "default"
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
 class MissingKeyError(RuntimeError):
@@ -62,6 +70,7 @@ class ProviderPool:
     ) -> None:
         self._providers: dict[str, Provider] = {}
         self.simulated: set[str] = set()
+        self.accounts: dict[str, str] = {}  # provider name -> account label (a digest of its key)
         used = {c.provider for t in policies.tiers for c in t.candidates} | {policies.classifier.provider}
         for name in sorted(used):
             config = policies.providers[name]
@@ -76,6 +85,7 @@ class ProviderPool:
                 self.simulated.add(name)
             else:
                 self._providers[name] = _build(name, config, key)
+                self.accounts[name] = account_of(key)
 
     def get(self, name: str) -> Provider:
         return self._providers[name]

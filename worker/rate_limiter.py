@@ -11,14 +11,20 @@ says is left and blocks the lane for as long as a 429 asks.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import structlog
 from redis.asyncio import Redis
 
-from policies.config import RateLimit
+from policies.config import Policies, RateLimit
+from policies.tokens import estimate_tokens
+from worker.provider import Completion, ProviderError, RateLimited, SpendLimited
+from worker.steps import Call, Handler
+
+log = structlog.get_logger("ladder.limits")
 
 # KEYS: buckets hash, leases zset, blocked-until key.
 # ARGV: now ms, lease id, lease ttl ms, concurrency limit (0: none), then per dimension:
@@ -95,14 +101,15 @@ end
 return 0
 """
 
+
+class LaneBlocked(ProviderError):
+    """The lane is stopped for longer than a job should wait (a spend limit, a long retry-after):
+    the job moves on to another candidate instead of holding a worker slot."""
+
+    error_class = "lane_blocked"
+
+
 LEASE_TTL_MS = 600_000  # a lease outlives any sane call; a dead worker's lease frees itself then
-
-
-def account_of(api_key: str | None) -> str:
-    """A lane's account label: a short digest, so no key ever appears in Redis or a log."""
-    if not api_key:
-        return "default"
-    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -148,11 +155,14 @@ class RateLimiter:
             return Lease(lane, lease_id, want), 0.0
         return None, wait_ms / 1000
 
-    async def acquire(self, lane: str, limit: RateLimit, want: Usage) -> Lease:
+    async def acquire(self, lane: str, limit: RateLimit, want: Usage, max_wait: float = float("inf")) -> Lease:
+        """Wait for the lane's budget; a lane blocked longer than `max_wait` raises LaneBlocked."""
         while True:
             lease, wait = await self.try_acquire(lane, limit, want)
             if lease is not None:
                 return lease
+            if wait > max_wait:
+                raise LaneBlocked(f"{lane} is blocked for {wait:.0f}s more")
             await asyncio.sleep(wait)
 
     async def settle(self, lease: Lease, used: Usage | None) -> None:
@@ -179,3 +189,48 @@ class RateLimiter:
         until = now + int(block_for * 1000) if block_for else 0
         left = [-1 if v is None else v for v in (requests_left, input_tokens_left, output_tokens_left)]
         await self._observe(keys=[buckets, blocked], args=[now, until, *left])
+
+
+UNLIMITED = RateLimit()
+SPEND_BLOCK_S = 3600.0  # a spend-limited lane stays stopped this long; a person raises the limit
+
+
+class RateLimitStep:
+    """The step around a provider call: wait for the lane's budget, give back what was not used,
+    and pass on what the provider said (remaining budget, retry-after, spend limit) to every worker."""
+
+    def __init__(self, limiter: RateLimiter, policies: Policies, accounts: Mapping[str, str]) -> None:
+        self._limiter = limiter
+        self._limits = policies.rate_limits
+        self._accounts = accounts
+        self._max_wait = float(policies.faults.max_lane_wait_s)
+
+    async def __call__(self, call: Call, proceed: Handler) -> Completion:
+        model = f"{call.candidate.provider}/{call.candidate.model}"
+        lane = f"{model}/{self._accounts.get(call.candidate.provider, 'default')}"
+        limit = self._limits.get(model, UNLIMITED)
+        text_tokens = sum(estimate_tokens(m.content) for m in call.request.messages)
+        want = Usage(1, text_tokens, call.request.max_output_tokens)
+        lease = await self._limiter.acquire(lane, limit, want, self._max_wait)
+        try:
+            completion = await proceed(call)
+        except SpendLimited:
+            await self._limiter.settle(lease, Usage(1, 0, 0))
+            await self._limiter.observe(lane, block_for=SPEND_BLOCK_S)
+            log.error("ALERT spend limit reached: lane stopped", lane=lane, for_s=SPEND_BLOCK_S)
+            raise
+        except RateLimited as e:
+            await self._limiter.settle(lease, Usage(1, 0, 0))
+            await self._limiter.observe(lane, block_for=e.retry_after or 1.0)
+            raise
+        except ProviderError:
+            await self._limiter.settle(lease, Usage(1, 0, 0))
+            raise
+        await self._limiter.settle(lease, Usage(1, completion.input_tokens, completion.output_tokens))
+        await self._limiter.observe(
+            lane,
+            requests_left=completion.requests_left,
+            input_tokens_left=completion.input_tokens_left,
+            output_tokens_left=completion.output_tokens_left,
+        )
+        return completion

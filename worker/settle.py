@@ -8,6 +8,7 @@ is streamed exactly when the job moved, and a task marked settled is never bille
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -27,7 +28,7 @@ from ladder.messages import (
 )
 from ladder.queueing import add_to_queue
 from policies.config import Policies
-from worker.provider import BadAnswer, Completion, ProviderError
+from worker.provider import BadAnswer, BadRequest, Completion, ProviderError
 from worker.steps import Call
 
 SETTLED_TTL_S = 7 * 24 * 3600
@@ -43,6 +44,20 @@ class Settled:
 def _path_entry(attempt: Attempt) -> str:
     suffix = f"({attempt.error_class})" if attempt.error_class else ""
     return f"{attempt.tier}:{attempt.provider}/{attempt.model}:{attempt.status.value}{suffix}"
+
+
+def _attempt(call: Call, status: Status, error: ProviderError | None, completion: Completion | None) -> Attempt:
+    return Attempt(
+        number=call.number,
+        tier=call.tier,
+        provider=call.candidate.provider,
+        model=call.candidate.model,
+        status=status,
+        error_class=error.error_class if error else "",
+        input_tokens=completion.input_tokens if completion else 0,
+        output_tokens=completion.output_tokens if completion else 0,
+        cost=call.cost,
+    )
 
 
 def outcome_event(
@@ -74,7 +89,7 @@ def outcome_event(
         finished_at=time.time(),
         strategy=task.strategy,
         simulated=simulated,
-        final=status is not Status.ESCALATED,
+        final=status in (Status.OK, Status.DEAD),
     )
 
 
@@ -88,12 +103,21 @@ class Settler:
     def _status(self, tier: str, error: ProviderError | None) -> Status:
         if error is None:
             return Status.OK
+        if isinstance(error, BadRequest):
+            return Status.DEAD  # a malformed job fails on every tier: no escalation
         if self._policies.next_tier(tier) is not None:
             return Status.ESCALATED
         keep = self._policies.escalation.keep_on_top_tier
         if isinstance(error, BadAnswer) and error.error_class in keep:
             return Status.OK  # the top tier's best answer; its error class stays on the row as a flag
         return Status.DEAD
+
+    async def record(self, call: Call, status: Status, error: ProviderError, simulated: bool) -> Attempt:
+        """An attempt that does not move the job (retried, failed over): its row, and its entry for the path."""
+        await self._redis.xadd(
+            self._keys.outcomes, {"e": ENCODER.encode(outcome_event(call, status, error, None, simulated))}
+        )
+        return _attempt(call, status, error, None)
 
     async def already_settled(self, task_id: str) -> bool:
         return bool(await self._redis.exists(self._keys.settled(task_id)))
@@ -105,24 +129,14 @@ class Settler:
         completion: Completion | None,
         error: ProviderError | None,
         simulated: bool,
+        earlier: Sequence[Attempt] = (),
     ) -> Settled:
         task, keys = call.task, self._keys
         if isinstance(error, BadAnswer):
             completion = error.completion  # answered and billed, but not kept
         status = self._status(call.tier, error)
         next_tier = self._policies.next_tier(call.tier) if status is Status.ESCALATED else None
-        attempt = Attempt(
-            number=call.number,
-            tier=call.tier,
-            provider=call.candidate.provider,
-            model=call.candidate.model,
-            status=status,
-            error_class=error.error_class if error else "",
-            input_tokens=completion.input_tokens if completion else 0,
-            output_tokens=completion.output_tokens if completion else 0,
-            cost=call.cost,
-        )
-        attempts = [*task.attempts, attempt]
+        attempts = [*task.attempts, *earlier, _attempt(call, status, error, completion)]
         outcome = outcome_event(call, status, error, completion, simulated)
         record = JobRecord(
             id=task.job.id,

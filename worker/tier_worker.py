@@ -9,14 +9,24 @@ from arq import Worker
 from arq.connections import ArqRedis
 
 from ladder.keys import Keys
-from ladder.messages import TierTask
+from ladder.messages import Attempt, Status, TierTask
 from ladder.queueing import TIER_FUNCTION
 from policies.answer_checks import AnswerChecker
-from policies.config import Policies
+from policies.config import Candidate, Policies
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
-from worker.provider import Completion, CompletionRequest, ProviderError
+from worker.provider import (
+    BadAnswer,
+    BadRequest,
+    Completion,
+    CompletionRequest,
+    Overloaded,
+    ProviderError,
+    RateLimited,
+    Transient,
+)
 from worker.providers import ProviderPool
+from worker.rate_limiter import RateLimiter, RateLimitStep
 from worker.settle import Settler
 from worker.steps import AnswerChecks, Call, Priced, Step, compose, logged, timed
 
@@ -39,18 +49,52 @@ class TierRuntime:
         self.prices = PriceBook(policies)
         self.settler = Settler(redis, keys, policies)
         checks = AnswerChecks(AnswerChecker(policies.escalation))
-        steps: list[Step] = [timed, logged, *extra_steps, checks, Priced(self.prices)]
+        limits = RateLimitStep(RateLimiter(redis, keys.prefix), policies, providers.accounts)
+        # Outermost first: checks judge a priced answer; the limiter's wait is not the call's latency.
+        steps: list[Step] = [logged, *extra_steps, checks, Priced(self.prices), limits, timed]
         self._handler = compose(steps, self._call_provider)
 
     async def _call_provider(self, call: Call) -> Completion:
         return await self.providers.get(call.candidate.provider).complete(call.request)
 
     async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
+        """Ask the tier's candidates in order until one answers, then settle. The one place that
+        retries: a 429 waits out the lane and asks the same model again; an overloaded or failing
+        model cools down and the next candidate is asked; the tier's last failure escalates."""
         # Only a re-run (arq's try > 1: a worker died mid-job) can find its attempt already settled.
         if job_try > 1 and await self.settler.already_settled(task_id):
             return "already settled"
         tier = self.policies.tier(task.route.tier)
-        candidate = tier.candidates[0]
+        earlier: list[Attempt] = []
+        number = len(task.attempts) + 1
+        candidates = await self._healthy(tier.candidates)
+        for i, candidate in enumerate(candidates):
+            for retry in range(self.policies.faults.rate_limit_retries + 1):
+                call = self._call(task, tier.name, candidate, number)
+                number += 1
+                completion, error = await self._attempt(call)
+                if error is None or isinstance(error, (BadAnswer, BadRequest)):
+                    return await self._settle(task_id, call, completion, error, earlier)
+                if isinstance(error, RateLimited) and retry < self.policies.faults.rate_limit_retries:
+                    earlier.append(await self._record(call, Status.RETRIED, error))
+                    continue
+                if isinstance(error, (Overloaded, Transient)):
+                    await self.redis.set(
+                        self.keys.cooldown(_model(candidate)), b"1", ex=self.policies.faults.cooldown_s
+                    )
+                if i == len(candidates) - 1:
+                    return await self._settle(task_id, call, None, error, earlier)
+                earlier.append(await self._record(call, Status.FAILOVER, error))
+                break
+        raise AssertionError("unreachable: _healthy returns at least one candidate")
+
+    async def _healthy(self, candidates: Sequence[Candidate]) -> list[Candidate]:
+        """Candidates not cooling down, in order; all of them when every one is (someone must try)."""
+        cooling = await self.redis.mget([self.keys.cooldown(_model(c)) for c in candidates])
+        healthy = [c for c, cold in zip(candidates, cooling, strict=True) if cold is None]
+        return healthy or list(candidates)
+
+    def _call(self, task: TierTask, tier: str, candidate: Candidate, number: int) -> Call:
         job = task.job
         request = CompletionRequest(
             model=candidate.model,
@@ -58,16 +102,32 @@ class TierRuntime:
             max_output_tokens=job.max_output_tokens,
             json_mode=job.json_schema is not None,
         )
-        call = Call(task, tier.name, candidate, request, number=len(task.attempts) + 1)
-        completion: Completion | None = None
-        error: ProviderError | None = None
+        return Call(task, tier, candidate, request, number=number)
+
+    async def _attempt(self, call: Call) -> tuple[Completion | None, ProviderError | None]:
         try:
-            completion = await self._handler(call)
+            return await self._handler(call), None
         except ProviderError as e:
-            error = e
-        simulated = self.providers.is_simulated(candidate.provider)
-        settled = await self.settler.settle(task_id, call, completion, error, simulated)
+            return None, e
+
+    async def _record(self, call: Call, status: Status, error: ProviderError) -> Attempt:
+        return await self.settler.record(call, status, error, self.providers.is_simulated(call.candidate.provider))
+
+    async def _settle(
+        self,
+        task_id: str,
+        call: Call,
+        completion: Completion | None,
+        error: ProviderError | None,
+        earlier: list[Attempt],
+    ) -> str:
+        simulated = self.providers.is_simulated(call.candidate.provider)
+        settled = await self.settler.settle(task_id, call, completion, error, simulated, earlier)
         return settled.status.value
+
+
+def _model(candidate: Candidate) -> str:
+    return f"{candidate.provider}/{candidate.model}"
 
 
 def tier_worker(runtime: TierRuntime, tier: str, **options: Any) -> Worker:
