@@ -29,11 +29,30 @@ inputs joined with "\\n" (the rule above) and output_tokens = 0; OpenAI's answer
 usage.prompt_tokens.
 
 Failures set with `fail()` answer with the provider's error body (429s carry `retry-after: 1`) and are
-recorded with zero tokens. Every request to one of the routes is recorded as a `Call`.
+recorded with zero tokens. Every request to one of the routes is recorded as a `Call`. `fail_rate(model,
+status, rate)` makes that share of the model's calls fail at random (a seeded generator per model).
+
+Rate limits, as providers enforce them: `limit(model, rpm=..., tpm=...)` (optionally `input_tpm`,
+`output_tpm`) gives the model one token bucket per limit, holding at most the per-minute figure and
+refilling continuously at figure / 60 per second; the buckets start full. A request takes 1 from the
+requests bucket as it arrives, and the tokens counted for its answer (input + output for `tpm`) from
+the token buckets; one that does not fit answers 429 in the provider's error format with `retry-after`
+= the seconds until it would fit, rounded up, and takes nothing. Answers to a limited model carry the
+provider's rate-limit headers (OpenAI `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`;
+Anthropic `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`,
+where input/output report the `tpm` bucket when no input_tpm/output_tpm is set; Gemini sends none and
+says the wait in a RetryInfo detail of the 429 body). A call failed by `fail`/`fail_rate` still counts
+as a request but gives its tokens back.
+
+Counters per model, in both modes: `stats()` and `GET /_fake/stats` answer
+{model: {"ok": n, "429": n, "5xx": n, "other": n}}. Control over HTTP (what a benchmark driving the
+process uses): `POST /_fake/fail` {"model", "status", "rate"[, "seed"]} and `POST /_fake/limit`
+{"model", "rpm", "tpm"[, "input_tpm", "output_tpm"]}; on the command line `--limit
+gpt-4o-mini:rpm=600,tpm=200000` (repeatable).
 
 In tests: `fake = FakeProvider().start()`, then point the SDKs at `fake.env()`. For benchmarks:
 `python -m tests.fake_provider --port 8765` prints "ready http://127.0.0.1:8765" and serves until killed
-(that process keeps no Call records; fail/reply are in-process only).
+(that process keeps no Call records; fail/reply are in-process only, fail_rate/limit/stats also over HTTP).
 """
 
 from __future__ import annotations
@@ -46,11 +65,14 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -127,6 +149,37 @@ _Response = tuple[int, dict[str, str], bytes]
 
 class _BadRequest(Exception):
     pass
+
+
+class _Bucket:
+    """A per-minute limit: holds at most `capacity`, refills continuously at capacity / 60 per second."""
+
+    def __init__(self, capacity: int, now: float) -> None:
+        self.capacity = capacity
+        self.rate = capacity / 60.0
+        self.level = float(capacity)
+        self.at = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(float(self.capacity), self.level + max(0.0, now - self.at) * self.rate)
+        self.at = now
+
+    def wait(self, cost: int) -> float:
+        """Seconds until `cost` fits (a cost above capacity waits for a full bucket)."""
+        return max(0.0, (min(cost, self.capacity) - self.level) / self.rate)
+
+    def reset(self) -> float:
+        """Seconds until the bucket is full again."""
+        return (self.capacity - self.level) / self.rate
+
+
+# bucket name -> (OpenAI header suffix, Anthropic header part)
+_LIMIT_HEADERS = {
+    "requests": ("requests", "requests"),
+    "tokens": ("tokens", "tokens"),
+    "input_tokens": ("", "input-tokens"),
+    "output_tokens": ("", "output-tokens"),
+}
 
 
 def _tokens(text: str) -> int:
@@ -220,6 +273,10 @@ class FakeProvider:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._keep_calls = True  # off on the command line: nobody reads them there, memory would grow
+        self._clock: Callable[[], float] = time.monotonic  # tests may replace it
+        self._limits: dict[str, dict[str, _Bucket]] = {}  # model -> bucket name -> bucket
+        self._fail_rates: dict[str, tuple[int, float, random.Random, str]] = {}  # model -> status, rate, rng, msg
+        self._stats: dict[str, dict[str, int]] = {}
 
     # ---- control API -------------------------------------------------------------------------
 
@@ -291,6 +348,45 @@ class FakeProvider:
             else:
                 self._failures[model] = [status, times, message]
 
+    def fail_rate(
+        self, model: str, status: int, rate: float, *, seed: int = 0, message: str = "simulated failure"
+    ) -> None:
+        """Fail a share `rate` of the model's calls with `status`, chosen at random (seeded); rate 0 stops."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate {rate} is not a share between 0 and 1")
+        with self._lock:
+            if rate == 0:
+                self._fail_rates.pop(model, None)
+            else:
+                self._fail_rates[model] = (status, rate, random.Random(f"{seed}:{model}"), message)
+
+    def limit(
+        self,
+        model: str,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        *,
+        input_tpm: int | None = None,
+        output_tpm: int | None = None,
+    ) -> None:
+        """Enforce per-minute limits on the model (full buckets from now); all None removes them."""
+        figures = {"requests": rpm, "tokens": tpm, "input_tokens": input_tpm, "output_tokens": output_tpm}
+        for name, value in figures.items():
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} limit {value} must be positive")
+        with self._lock:
+            now = self._clock()
+            buckets = {name: _Bucket(v, now) for name, v in figures.items() if v is not None}
+            if buckets:
+                self._limits[model] = buckets
+            else:
+                self._limits.pop(model, None)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Answers per model: {"ok", "429", "5xx", "other"} (kept in the command-line process too)."""
+        with self._lock:
+            return {model: dict(counts) for model, counts in self._stats.items()}
+
     def reply(self, model: str, text: str) -> None:
         with self._lock:
             self._replies[model] = text
@@ -304,6 +400,9 @@ class FakeProvider:
             self._calls.clear()
             self._failures.clear()
             self._replies.clear()
+            self._limits.clear()
+            self._fail_rates.clear()
+            self._stats.clear()
 
     # ---- the server --------------------------------------------------------------------------
 
@@ -378,6 +477,8 @@ class FakeProvider:
 
     def _handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Response:
         split = urlsplit(target)
+        if split.path.startswith("/_fake/"):
+            return self._handle_control(method, split.path, body)
         embed_route = _embed_route(split.path)
         if embed_route is not None:
             return self._handle_embeddings(method, embed_route, headers, split.query, body)
@@ -395,18 +496,24 @@ class FakeProvider:
         model = model or parsed_model
         if not api_key:
             return self._error(provider, model, api_key, 401, "missing API key")
-        failure, fixed = self._take_failure(model)
-        if failure is not None:
-            return self._error(provider, model, api_key, failure[0], failure[1])
+        with self._lock:
+            fixed = self._replies.get(model)
         text = fixed if fixed is not None else f"[{model}] " + last_user[:REPLY_PREFIX_CHARS]
         input_tokens, output_tokens, truncated = _tokens("\n".join(texts)), _tokens(text), False
         if limit is not None and output_tokens > limit:
             text, output_tokens, truncated = text[: limit * CHARS_PER_TOKEN], limit, True
+        admitted, limit_headers = self._admit(provider, model, input_tokens, output_tokens)
+        if not admitted:
+            return self._limited(provider, model, api_key, limit_headers)
+        failure = self._take_failure(model)
+        if failure is not None:
+            self._give_back(model, input_tokens, output_tokens)
+            return self._error(provider, model, api_key, failure[0], failure[1])
         self._record(Call(provider, model, input_tokens, output_tokens, 200, api_key))
         n = next(self._ids)
         build, id_header = _BODIES[provider]
         extra = {id_header: f"req_fake{n:012d}"} if id_header else {}
-        return 200, extra, _json(build(n, model, text, input_tokens, output_tokens, truncated))
+        return 200, {**extra, **limit_headers}, _json(build(n, model, text, input_tokens, output_tokens, truncated))
 
     def _handle_embeddings(
         self, method: str, route: tuple[str, str, str], headers: dict[str, str], query: str, body: bytes
@@ -429,10 +536,14 @@ class FakeProvider:
             return self._error(provider, model, api_key, 400, f"invalid request: {exc}")
         if not api_key:
             return self._error(provider, model, api_key, 401, "missing API key")
-        failure, _ = self._take_failure(model)
-        if failure is not None:
-            return self._error(provider, model, api_key, failure[0], failure[1])
         input_tokens = _tokens("\n".join(texts))
+        admitted, limit_headers = self._admit(provider, model, input_tokens, 0)
+        if not admitted:
+            return self._limited(provider, model, api_key, limit_headers)
+        failure = self._take_failure(model)
+        if failure is not None:
+            self._give_back(model, input_tokens, 0)
+            return self._error(provider, model, api_key, failure[0], failure[1])
         self._record(Call(provider, model, input_tokens, 0, 200, api_key))
         vectors = [fake_embedding(t) for t in texts]
         if provider == "openai":
@@ -440,34 +551,152 @@ class FakeProvider:
             n = next(self._ids)
             return (
                 200,
-                {"x-request-id": f"req_fake{n:012d}"},
+                {"x-request-id": f"req_fake{n:012d}", **limit_headers},
                 _json(_openai_embeddings(model, vectors, input_tokens, as_base64)),
             )
         if kind == "embedContent":
-            return 200, {}, _json({"embedding": {"values": vectors[0]}})
-        return 200, {}, _json({"embeddings": [{"values": v} for v in vectors]})
+            return 200, limit_headers, _json({"embedding": {"values": vectors[0]}})
+        return 200, limit_headers, _json({"embeddings": [{"values": v} for v in vectors]})
 
-    def _take_failure(self, model: str) -> tuple[tuple[int, str] | None, str | None]:
-        """The failure to answer this call with, if any (counting it down), and the fixed reply."""
+    def _take_failure(self, model: str) -> tuple[int, str] | None:
+        """The failure to answer this call with, if any: one set with fail() (counting it down), else
+        a draw of the model's fail_rate."""
         with self._lock:
             failure = self._failures.get(model)
-            if failure is not None and failure[1] is not None:
-                failure[1] -= 1
-                if failure[1] <= 0:
-                    del self._failures[model]
-            fixed = self._replies.get(model)
-        return ((failure[0], failure[2]) if failure is not None else None), fixed
+            if failure is not None:
+                if failure[1] is not None:
+                    failure[1] -= 1
+                    if failure[1] <= 0:
+                        del self._failures[model]
+                return failure[0], failure[2]
+            chance = self._fail_rates.get(model)
+            if chance is not None and chance[2].random() < chance[1]:
+                return chance[0], chance[3]
+        return None
+
+    def _admit(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> tuple[bool, dict[str, str]]:
+        """Take a request and its tokens from the model's buckets: (True, headers of what is left), or
+        (False, the 429's headers, retry-after included) when any bucket is short; nothing is taken then."""
+        with self._lock:
+            buckets = self._limits.get(model)
+            if not buckets:
+                return True, {}
+            now = self._clock()
+            costs = {
+                "requests": 1,
+                "tokens": input_tokens + output_tokens,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+            }
+            for bucket in buckets.values():
+                bucket.refill(now)
+            wait = max(bucket.wait(costs[name]) for name, bucket in buckets.items())
+            if wait <= 0:
+                for name, bucket in buckets.items():
+                    bucket.level -= min(costs[name], bucket.capacity)
+            headers = _limit_headers(provider, buckets)
+        if wait > 0:
+            headers["retry-after"] = str(max(1, math.ceil(wait - 1e-9)))
+            return False, headers
+        return True, headers
+
+    def _give_back(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        """A call that failed (fail/fail_rate) keeps its request but uses no tokens."""
+        with self._lock:
+            buckets = self._limits.get(model, {})
+            back = {
+                "tokens": input_tokens + output_tokens,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+            }
+            for name, tokens in back.items():
+                if name in buckets:
+                    b = buckets[name]
+                    b.level = min(float(b.capacity), b.level + min(tokens, b.capacity))
+
+    def _limited(self, provider: str, model: str, api_key: str, headers: dict[str, str]) -> _Response:
+        wait = headers["retry-after"]
+        message = f"Rate limit reached for {model}: please try again in {wait}s."
+        status, _, body = self._error(provider, model, api_key, 429, message)
+        if provider == "gemini":  # Gemini says the wait in a RetryInfo detail
+            payload = json.loads(body)
+            payload["error"]["details"] = [
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{wait}s"}
+            ]
+            body = _json(payload)
+        return status, headers, body
 
     def _record(self, call: Call) -> None:
-        if not self._keep_calls:
-            return
+        key = "ok" if call.status == 200 else "429" if call.status == 429 else "5xx" if call.status >= 500 else "other"
         with self._lock:
-            self._calls.append(call)
+            counts = self._stats.setdefault(call.model, {"ok": 0, "429": 0, "5xx": 0, "other": 0})
+            counts[key] += 1
+            if self._keep_calls:
+                self._calls.append(call)
+
+    def _handle_control(self, method: str, path: str, body: bytes) -> _Response:
+        """The fake's own routes: GET /_fake/stats, POST /_fake/fail, POST /_fake/limit."""
+        if path == "/_fake/stats":
+            if method != "GET":
+                return 405, {"allow": "GET"}, _json({"error": f"method {method} not allowed"})
+            return 200, {}, _json(self.stats())
+        if path not in ("/_fake/fail", "/_fake/limit"):
+            return 404, {}, _json({"error": f"no route for {method} {path}"})
+        if method != "POST":
+            return 405, {"allow": "POST"}, _json({"error": f"method {method} not allowed"})
+        try:
+            request = json.loads(body or b"null")
+            if not isinstance(request, dict) or not isinstance(request.get("model"), str):
+                raise _BadRequest("the body must be a JSON object with a model")
+            if path == "/_fake/fail":
+                self.fail_rate(
+                    request["model"], int(request["status"]), float(request["rate"]), seed=int(request.get("seed", 0))
+                )
+            else:
+                figures = {k: request.get(k) for k in ("rpm", "tpm", "input_tpm", "output_tpm")}
+                self.limit(request["model"], **{k: None if v is None else int(v) for k, v in figures.items()})
+        except (ValueError, _BadRequest, KeyError, TypeError) as exc:
+            return 400, {}, _json({"error": f"invalid request: {exc}"})
+        return 200, {}, _json({"ok": True})
 
     def _error(self, provider: str, model: str, api_key: str, status: int, message: str) -> _Response:
         self._record(Call(provider, model, 0, 0, status, api_key))
         extra = {"retry-after": "1"} if status == 429 else {}
         return status, extra, _json(_error_body(provider, status, message))
+
+
+def _limit_headers(provider: str, buckets: dict[str, _Bucket]) -> dict[str, str]:
+    """The provider's rate-limit headers for the model's buckets as they stand (Gemini sends none)."""
+    headers: dict[str, str] = {}
+    if provider == "openai":
+        for name, bucket in buckets.items():
+            suffix = _LIMIT_HEADERS[name][0] or "tokens"
+            if name in ("input_tokens", "output_tokens") and "tokens" in buckets:
+                continue  # OpenAI has one token limit; the combined bucket speaks for it
+            headers[f"x-ratelimit-limit-{suffix}"] = str(bucket.capacity)
+            headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, math.floor(bucket.level)))
+            headers[f"x-ratelimit-reset-{suffix}"] = _openai_duration(bucket.reset())
+    elif provider == "anthropic":
+        now = time.time()
+        reported = dict(buckets)
+        if "tokens" in buckets:  # one combined limit: it bounds input and output alike
+            reported.setdefault("input_tokens", buckets["tokens"])
+            reported.setdefault("output_tokens", buckets["tokens"])
+        for name, bucket in reported.items():
+            part = _LIMIT_HEADERS[name][1]
+            reset = datetime.fromtimestamp(now + bucket.reset(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            headers[f"anthropic-ratelimit-{part}-limit"] = str(bucket.capacity)
+            headers[f"anthropic-ratelimit-{part}-remaining"] = str(max(0, math.floor(bucket.level)))
+            headers[f"anthropic-ratelimit-{part}-reset"] = reset
+    return headers
+
+
+def _openai_duration(seconds: float) -> str:
+    """OpenAI's reset format: "17ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s" if minutes else f"{rest:.3g}s"
 
 
 def _route(path: str) -> tuple[str, str]:
@@ -624,11 +853,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fake Anthropic/OpenAI/Gemini HTTP server for tests and benchmarks")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        type=_limit_arg,
+        metavar="MODEL:rpm=N,tpm=N",
+        help="per-minute limits of a model (rpm, tpm, input_tpm, output_tpm); repeatable",
+    )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         fake = FakeProvider(args.host, args.port)
         fake._keep_calls = False
+        for model, figures in args.limit:
+            fake.limit(model, **figures)
         asyncio.run(fake.serve_forever())
+
+
+def _limit_arg(value: str) -> tuple[str, dict[str, int]]:
+    """ "gpt-4o-mini:rpm=600,tpm=200000" -> ("gpt-4o-mini", {"rpm": 600, "tpm": 200000})."""
+    model, sep, spec = value.rpartition(":")
+    figures: dict[str, int] = {}
+    for part in spec.split(",") if sep else []:
+        name, eq, number = part.partition("=")
+        name = name.strip()
+        if not eq or name not in ("rpm", "tpm", "input_tpm", "output_tpm") or not number.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"'{part}' is not rpm=N, tpm=N, input_tpm=N or output_tpm=N")
+        figures[name] = int(number)
+    if not model or not figures:
+        raise argparse.ArgumentTypeError(f"'{value}' is not MODEL:rpm=N,tpm=N")
+    return model, figures
 
 
 if __name__ == "__main__":
