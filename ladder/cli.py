@@ -25,6 +25,7 @@ from rich.progress import (
 
 from ladder.app import App, open_app
 from ladder.calibrate_cmd import add_calibrate_parser, run_calibrate
+from ladder.eval_cmd import add_eval_parser, run_eval
 from ladder.logs import configure_logging
 from ladder.messages import Rejection
 from ladder.output import FORMATS, render
@@ -248,12 +249,14 @@ def _parser() -> argparse.ArgumentParser:
     spend.add_argument("--batch")
     fmt(spend)
     add_calibrate_parser(sub)
+    add_eval_parser(sub)
     return p
 
 
 # Commands that need neither Redis nor ClickHouse run without opening them.
 OFFLINE: dict[str, Callable[[argparse.Namespace], int]] = {
     "calibrate": run_calibrate,
+    "eval": run_eval,
 }
 
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]]] = {
