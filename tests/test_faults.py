@@ -101,3 +101,17 @@ async def test_a_malformed_job_is_dead_lettered_without_climbing(
     async with open_app(settings) as app:
         ((_, fields),) = await app.redis.xrange(app.keys.deadletter)
     assert "malformed" in msgspec.msgpack.decode(fields[b"d"])["reason"]
+
+
+async def test_a_job_out_of_time_on_its_tier_is_settled_and_moves_on(
+    settings_env: dict[str, str], fake: FakeProvider, tmp_path: Path, clickhouse: ClickHouse, chdb_url: str
+) -> None:
+    # Every 429 asks for a 1 s wait; the tier's budget is 2 s: the job must not wait forever or vanish.
+    path = tmp_path / "short.toml"
+    path.write_text(THREE_TIERS + "\n[limits]\njob_timeout_s = 2\n[faults]\nrate_limit_retries = 10\n")
+    env = dict(settings_env, CLICKHOUSE_URL=chdb_url, CLICKHOUSE_DATABASE=clickhouse.database)
+    fake.fail(OPENAI, status=429)
+    rows = await _rows(Settings.from_env(str(path), env), tmp_path, line(id="a", prompt="hello"))
+    cheap = [r for r in rows if r[1] == "cheap"]
+    assert cheap[-1][3:] == ("escalated", "timeout") and all(r[3] == "retried" for r in cheap[:-1])
+    assert rows[-1][1:] == ("standard", GEMINI, "ok", "")

@@ -96,7 +96,9 @@ def queue_worker(
         burst=burst,
         max_jobs=max_jobs,
         poll_delay=poll_delay,
-        job_timeout=runtime.policies.limits.job_timeout_s,
+        # arq cancels a job at its timeout with nothing recorded: give Ladder's own budget
+        # (limits.job_timeout_s, enforced in the runtimes) time to settle the job first.
+        job_timeout=runtime.policies.limits.job_timeout_s + 60,
         keep_result=0,
         max_tries=3,
         job_serializer=serialize_arq,

@@ -67,6 +67,12 @@ class Transient(ProviderError):
     error_class = "transient"
 
 
+class TimedOut(Transient):
+    """The job's time budget on this tier ran out (waiting for a lane, retries, a slow call)."""
+
+    error_class = "timeout"
+
+
 class BadRequest(ProviderError):
     """The request itself is wrong (400, 404, 422): retrying it unchanged cannot help."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from worker.provider import (
     Overloaded,
     ProviderError,
     RateLimited,
+    TimedOut,
     Transient,
 )
 from worker.providers import ProviderPool
@@ -67,13 +70,16 @@ class TierRuntime:
         tier = self.policies.tier(task.route.tier)
         earlier: list[Attempt] = []
         number = len(task.attempts) + 1
+        # The tier's time budget ends before arq's job timeout (which would cancel the job with
+        # nothing recorded): past it, the last failure settles the attempt and the job moves on.
+        deadline = time.monotonic() + self.policies.limits.job_timeout_s
         candidates = await self._healthy(tier.candidates)
         for i, candidate in enumerate(candidates):
             for retry in range(self.policies.faults.rate_limit_retries + 1):
                 call = self._call(task, tier.name, candidate, number)
                 number += 1
-                completion, error = await self._attempt(call)
-                if error is None or isinstance(error, (BadAnswer, BadRequest)):
+                completion, error = await self._attempt(call, deadline)
+                if error is None or isinstance(error, (BadAnswer, BadRequest, TimedOut)):
                     return await self._settle(task_id, call, completion, error, earlier)
                 if isinstance(error, RateLimited) and retry < self.policies.faults.rate_limit_retries:
                     earlier.append(await self._record(call, Status.RETRIED, error))
@@ -104,11 +110,14 @@ class TierRuntime:
         )
         return Call(task, tier, candidate, request, number=number)
 
-    async def _attempt(self, call: Call) -> tuple[Completion | None, ProviderError | None]:
+    async def _attempt(self, call: Call, deadline: float) -> tuple[Completion | None, ProviderError | None]:
         try:
-            return await self._handler(call), None
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await self._handler(call), None
         except ProviderError as e:
             return None, e
+        except TimeoutError:
+            return None, TimedOut(f"the tier's time budget of {self.policies.limits.job_timeout_s}s ran out")
 
     async def _record(self, call: Call, status: Status, error: ProviderError) -> Attempt:
         return await self.settler.record(call, status, error, self.providers.is_simulated(call.candidate.provider))
