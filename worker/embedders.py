@@ -27,7 +27,8 @@ from google.genai import errors, types
 
 from policies.config import Policies, embedder_provider
 from policies.embedding import Embedder, Vectors, normalize
-from worker.provider import ProviderError, Transient, error_for_status, parse_retry_after
+from worker.openai_provider import post_json
+from worker.provider import Transient, error_for_status, parse_retry_after
 from worker.providers import MissingKeyError, key_vars, provider_key
 
 LOCAL_MODEL = "local/all-MiniLM-L6-v2"
@@ -127,16 +128,8 @@ class OpenAIEmbedder:
 
     async def _embed_batch(self, batch: list[str]) -> list[npt.NDArray[np.float32]]:
         # float, not the SDK's default base64: OpenAI-compatible servers do not all speak base64.
-        body = {"model": self.model, "input": batch, "encoding_format": "float"}
-        try:
-            raw = await self._client.post("/embeddings", body=body, cast_to=httpx2.Response)
-            answer = _openai_decoder.decode(raw.content)
-        except openai.APIStatusError as exc:
-            raise _openai_status_error(exc, self._provider) from exc
-        except openai.APIConnectionError as exc:  # APITimeoutError included
-            raise Transient(f"{self._provider}: {exc.message}") from exc
-        except msgspec.DecodeError as exc:
-            raise Transient(f"{self._provider}: unreadable embeddings: {exc}") from exc
+        body: dict[str, object] = {"model": self.model, "input": batch, "encoding_format": "float"}
+        answer, _ = await post_json(self._client, "/embeddings", body, _openai_decoder, self._provider)
         if len(answer.data) != len(batch):
             raise Transient(f"{self._provider}: {len(answer.data)} embeddings for {len(batch)} inputs")
         self.input_tokens += answer.usage.prompt_tokens if answer.usage else 0
@@ -145,11 +138,6 @@ class OpenAIEmbedder:
 
     async def aclose(self) -> None:
         await self._client.close()
-
-
-def _openai_status_error(exc: openai.APIStatusError, name: str) -> ProviderError:
-    message = f"{name} {exc.status_code}: {exc.message}"
-    return error_for_status(exc.status_code, message, parse_retry_after(exc.response.headers.get("retry-after")))
 
 
 class GeminiEmbedder:

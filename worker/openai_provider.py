@@ -8,6 +8,8 @@ pydantic models, which were a third of the worker's CPU per call at batch rates.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import httpx2
 import msgspec
 import openai
@@ -22,6 +24,7 @@ from worker.provider import (
     parse_retry_after,
 )
 
+T = TypeVar("T")
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "refused"}
 
 
@@ -69,15 +72,7 @@ class OpenAIProvider:
         }
         if request.json_mode:
             body["response_format"] = {"type": "json_object"}
-        try:
-            raw = await self._client.post("/chat/completions", body=body, cast_to=httpx2.Response)
-            response = _decoder.decode(raw.content)
-        except openai.APIStatusError as exc:
-            raise _status_error(exc, self.name) from exc
-        except openai.APIConnectionError as exc:  # APITimeoutError included
-            raise Transient(f"{self.name}: {exc.message}") from exc
-        except msgspec.DecodeError as exc:
-            raise Transient(f"{self.name}: unreadable response: {exc}") from exc
+        response, headers = await post_json(self._client, "/chat/completions", body, _decoder, self.name)
         choice = response.choices[0] if response.choices else None
         usage = response.usage
         return Completion(
@@ -85,12 +80,28 @@ class OpenAIProvider:
             input_tokens=usage.prompt_tokens if usage else 0,
             output_tokens=usage.completion_tokens if usage else 0,
             finish_reason=_finish(choice),
-            requests_left=header_int(raw.headers, "x-ratelimit-remaining-requests"),
-            input_tokens_left=header_int(raw.headers, "x-ratelimit-remaining-tokens"),
+            requests_left=header_int(headers, "x-ratelimit-remaining-requests"),
+            input_tokens_left=header_int(headers, "x-ratelimit-remaining-tokens"),
         )
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+async def post_json(
+    client: openai.AsyncOpenAI, path: str, body: dict[str, object], decoder: msgspec.json.Decoder[T], name: str
+) -> tuple[T, httpx2.Headers]:
+    """POST through the SDK's client (auth, base URL, timeouts, status errors), decode with msgspec,
+    and map every failure into Ladder's classes: shared by chat and embeddings."""
+    try:
+        raw = await client.post(path, body=body, cast_to=httpx2.Response)
+        return decoder.decode(raw.content), raw.headers
+    except openai.APIStatusError as exc:
+        raise _status_error(exc, name) from exc
+    except openai.APIConnectionError as exc:  # APITimeoutError included
+        raise Transient(f"{name}: {exc.message}") from exc
+    except msgspec.DecodeError as exc:
+        raise Transient(f"{name}: unreadable response: {exc}") from exc
 
 
 def _status_error(exc: openai.APIStatusError, name: str) -> ProviderError:
