@@ -123,7 +123,9 @@ class Run:
                 best = s
         return best
 
-    def window(self, start: float, end: float, rpm: int) -> dict[str, float]:
+    def window(self, start: float, end: float, rpm: int, allowed: float) -> dict[str, float]:
+        """Requests a minute the fake let through between start and end, as a share of R and of what
+        the binding limit allows (`allowed` requests a minute), and the share answered 429."""
         a, b = self.at(start), self.at(end)
         minutes = (b.t - a.t) / 60
         sent, limited = b.sent() - a.sent(), b.count("429") - a.count("429")
@@ -132,6 +134,7 @@ class Run:
             "to": b.t,
             "rpm": sent / minutes if minutes > 0 else 0.0,
             "share": sent / minutes / rpm if minutes > 0 else 0.0,
+            "binding": sent / minutes / allowed if minutes > 0 else 0.0,
             "429": limited / (sent + limited) if sent + limited else 0.0,
             "n429": limited,
             "sent": sent,
@@ -272,21 +275,37 @@ async def drive(run: Run, fleet: Fleet, policies: str, long: bool, fifth_at: flo
     await r.aclose()
 
 
-def query_outcomes(run: Run, clickhouse_url: str) -> None:
-    """Outcome rows by status and error class, and each job's final row, once the sink has stopped."""
+def query_outcomes(clickhouse_url: str, batch: str) -> dict[str, list[list[Any]]]:
+    """Outcome rows by status and error class, and each job's final row (run once the sink has
+    stopped, in a child process: chdb opens one data folder per process, once)."""
     from worker.clickhouse import ClickHouse
 
     ch = ClickHouse(clickhouse_url, "ladder")
     where = "FROM {db}.outcomes FINAL WHERE batch = {batch:String}"
-    run.outcome_split = ch.query(
+    split = ch.query(
         f"SELECT status, error_class, count() {where} GROUP BY status, error_class ORDER BY count() DESC",
-        {"batch": run.name},
+        {"batch": batch},
     )
-    run.final_split = ch.query(
+    final = ch.query(
         f"SELECT status, tier, concat(provider, '/', model), error_class, count() {where} AND final "
         "GROUP BY status, tier, provider, model, error_class ORDER BY count() DESC",
-        {"batch": run.name},
+        {"batch": batch},
     )
+    return {"split": [list(r) for r in split], "final": [list(r) for r in final]}
+
+
+def query_in_child(run: Run, clickhouse_url: str) -> None:
+    out = subprocess.run(
+        [sys.executable, __file__, "--query", clickhouse_url, run.name],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    rows = json.loads(out.stdout)
+    run.outcome_split = [tuple(r) for r in rows["split"]]
+    run.final_split = [tuple(r) for r in rows["final"]]
 
 
 def run_once(name: str, args: argparse.Namespace, tmp: Path, *, tpm: int, long: bool, fifth: bool, fail: bool) -> Run:
@@ -302,21 +321,21 @@ def run_once(name: str, args: argparse.Namespace, tmp: Path, *, tpm: int, long: 
                 post_json(f"{fleet.url}/_fake/fail", {"model": model, "status": status, "rate": 0.2, "seed": 7})
         for _ in range(4):
             fleet.worker("cheap")
-        if fail:  # escalations need somewhere to go
-            fleet.worker("standard")
-            fleet.worker("premium")
+        fleet.worker("standard")  # a job that runs out of retries on the cheap tier climbs
+        fleet.worker("premium")
         fleet.start("sink", log="sink")
         fleet.wait_ready()
         asyncio.run(drive(run, fleet, policies, long, args.seconds / 2 if fifth else None))
     finally:
         fleet.stop()
-    query_outcomes(run, fleet.env["CLICKHOUSE_URL"])
+    query_in_child(run, fleet.env["CLICKHOUSE_URL"])
     return run
 
 
 def line(label: str, w: dict[str, float]) -> str:
     return (
         f"  {label:<28} {w['from']:5.1f}-{w['to']:5.1f}s  {w['rpm']:7.1f} rpm  {100 * w['share']:6.1f}% of R"
+        f"  {100 * w['binding']:6.1f}% of the binding limit"
         f"  429s {w['n429']:5.0f} ({100 * w['429']:.2f}% of requests)"
     )
 
@@ -328,18 +347,19 @@ def report(run: Run, args: argparse.Namespace, tpm: int, long: bool) -> dict[str
     print(f"\n== run {run.name}: {run.jobs} jobs, R = {rpm} rpm, T = {tpm} tpm, settled in {run.done_at:.1f}s")
     binding = "T (tokens)" if long else "R (requests)"
     per_job = 134 if long else 11
+    allowed = min(rpm, tpm / per_job)
     print(f"  limit that binds: {binding}; ~{per_job} tokens a request -> T allows {tpm / per_job:.0f} requests/min")
-    whole = run.window(0, last.t, rpm)
+    whole = run.window(0, last.t, rpm, allowed)
     print(line("whole run (burst included)", whole))
     result: dict[str, Any] = {"whole": whole}
     if run.joined_at is not None:
-        before = run.window(warm, run.joined_at, rpm)
-        after = run.window(run.joined_at + warm / 2, end, rpm)
+        before = run.window(warm, run.joined_at, rpm, allowed)
+        after = run.window(run.joined_at + warm / 2, end, rpm, allowed)
         print(line("steady, 4 workers", before))
         print(line("steady, 5th worker joined", after))
         result.update(before=before, after=after)
     else:
-        steady = run.window(warm, end, rpm)
+        steady = run.window(warm, end, rpm, allowed)
         print(line(f"steady (from {warm:.0f}s)", steady))
         result["steady"] = steady
     for model, c in sorted(last.stats.items()):
@@ -376,7 +396,12 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=10, help="seconds left out at the start of the steady window")
     p.add_argument("--runs", default="1,1t,2,3")
     p.add_argument("--json", help="write the figures here as well")
+    p.add_argument("--query", nargs=2, metavar=("CLICKHOUSE_URL", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.query:
+        print(json.dumps(query_outcomes(*args.query)))
+        return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the child processes on the way out
     tmp = Path(tempfile.mkdtemp(prefix="ladder-bench-rl-"))
     print(f"{os.cpu_count()} cores; worker logs, policies and chdb folders under {tmp}")
     plans = {
@@ -397,7 +422,10 @@ def main() -> None:
     for name, r in results.items():
         windows = [(k, r[k]) for k in ("steady", "before", "after") if k in r]
         c = r["counts"]
-        text = "  ".join(f"{k}: {100 * w['share']:.1f}% of R, {100 * w['429']:.2f}% 429" for k, w in windows)
+        text = "  ".join(
+            f"{k}: {100 * w['share']:.1f}% of R ({100 * w['binding']:.1f}% of binding), {100 * w['429']:.2f}% 429"
+            for k, w in windows
+        )
         print(f"  run {name:<3} {text}  | final {c.get('final', 0)} (ok {c.get('ok', 0)}, dead {c.get('dead', 0)})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
