@@ -8,8 +8,7 @@ user copies them from the provider's console). Tier-worker processes (`ladder wo
 --concurrency 16`) share the limit through Redis; the sink moves outcomes into chdb.
 
   run 1   four workers, R binds (T far above what the jobs use)
-  run 1t  four workers, T binds (long prompts; Ladder has no combined-tokens limit, so T goes to
-          input_tpm, which is how a user would copy OpenAI's single "TPM" figure)
+  run 1t  four workers, T binds (long prompts; T is OpenAI's single "TPM" figure, Ladder's `tpm`)
   run 2   four workers, a fifth started halfway: before and after it joined
   run 3   20% of calls fail at random (529 on OpenAI and Anthropic, 503 on Gemini), the cheap tier has
           two candidates, cooldown 2 s: every job must end ok or dead-lettered with a reason
@@ -74,7 +73,7 @@ output_per_mtok = "5"
 
 [rate_limits."openai/gpt-4o-mini"]
 rpm = {rpm}
-input_tpm = {tpm}
+tpm = {tpm}
 
 [faults]
 cooldown_s = 2

@@ -140,8 +140,9 @@ class RateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     `headroom` of each, so clock skew against the provider's own bucket does not cost 429s."""
 
     rpm: int = 0
-    input_tpm: int = 0
+    input_tpm: int = 0  # Anthropic counts input and output tokens apart
     output_tpm: int = 0
+    tpm: int = 0  # OpenAI counts them together (a request reserves its input and max output tokens)
     concurrency: int = 0
     headroom: float = 0.98
 

@@ -85,3 +85,15 @@ async def test_a_retry_after_blocks_the_lane_for_every_process(arq_redis: ArqRed
 def test_a_lane_names_the_account_by_digest_only() -> None:
     label = account_of("sk-live-SECRET-123")
     assert "SECRET" not in label and len(label) == 12 and label == account_of("sk-live-SECRET-123")
+
+
+async def test_a_combined_tpm_reserves_input_and_max_output_then_settles_to_real_use(arq_redis: ArqRedis) -> None:
+    limiter = RateLimiter(arq_redis, "t")
+    limit = RateLimit(tpm=1000, headroom=1.0)  # OpenAI's one token figure, input and output together
+    first, _ = await limiter.try_acquire(LANE, limit, Usage(input_tokens=300, output_tokens=500))
+    assert first is not None
+    assert (await limiter.try_acquire(LANE, limit, Usage(input_tokens=300, output_tokens=500)))[0] is None
+    await limiter.settle(first, Usage(input_tokens=100, output_tokens=100))  # 600 of the 800 come back
+    assert (await limiter.try_acquire(LANE, limit, Usage(input_tokens=300, output_tokens=500)))[0] is not None
+    await limiter.observe(LANE, tokens_left=0)  # the provider says nothing is left: believe it
+    assert (await limiter.try_acquire(LANE, limit, Usage(input_tokens=1, output_tokens=1)))[0] is None

@@ -81,7 +81,7 @@ class OpenAIProvider:
             output_tokens=usage.completion_tokens if usage else 0,
             finish_reason=_finish(choice),
             requests_left=header_int(headers, "x-ratelimit-remaining-requests"),
-            input_tokens_left=header_int(headers, "x-ratelimit-remaining-tokens"),
+            tokens_left=header_int(headers, "x-ratelimit-remaining-tokens"),
         )
 
     async def aclose(self) -> None:

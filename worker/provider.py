@@ -32,6 +32,7 @@ class Completion(msgspec.Struct, frozen=True):
     requests_left: int | None = None
     input_tokens_left: int | None = None
     output_tokens_left: int | None = None
+    tokens_left: int | None = None  # input and output together, as OpenAI counts them
 
 
 def header_int(headers: Mapping[str, str], name: str) -> int | None:

@@ -11,7 +11,6 @@ says is left and blocks the lane for as long as a 429 asks.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,12 +25,20 @@ from worker.steps import Call, Handler
 
 log = structlog.get_logger("ladder.limits")
 
+# Every script reads Redis's own clock: workers' clocks (and a busy event loop's idea of "now")
+# differ, and a bucket whose refill time moved backwards would refill the same interval twice.
+_NOW = (
+    "local clock = redis.call('TIME')\nlocal now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)\n"
+)
+
+# Dimensions: r requests, i input tokens, o output tokens, t tokens in and out together (OpenAI's TPM).
 # KEYS: buckets hash, leases zset, blocked-until key.
-# ARGV: now ms, lease id, lease ttl ms, concurrency limit (0: none), then per dimension:
+# ARGV: (unused), lease id, lease ttl ms, concurrency limit (0: none), then per dimension:
 #       capacity, refill per ms, cost (capacity 0: the dimension is not limited).
 # Returns 0 when granted (and the lease taken), else the milliseconds to wait.
-_ACQUIRE = """
-local now = tonumber(ARGV[1])
+_ACQUIRE = (
+    _NOW
+    + """
 local blocked = tonumber(redis.call('GET', KEYS[3]) or '0')
 if blocked > now then return blocked - now end
 local limit = tonumber(ARGV[4])
@@ -39,9 +46,9 @@ if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   if redis.call('ZCARD', KEYS[2]) >= limit then return 25 end
 end
-local dims = {'r', 'i', 'o'}
+local dims = {'r', 'i', 'o', 't'}
 local wait, levels = 0, {}
-for d = 1, 3 do
+for d = 1, 4 do
   local cap = tonumber(ARGV[5 + (d - 1) * 3])
   if cap > 0 then
     local rate = tonumber(ARGV[6 + (d - 1) * 3])
@@ -55,7 +62,7 @@ for d = 1, 3 do
   end
 end
 if wait > 0 then return wait end
-for d = 1, 3 do
+for d = 1, 4 do
   if levels[d] then
     redis.call('HSET', KEYS[1], dims[d], levels[d][1] - levels[d][2], dims[d] .. 't', now)
   end
@@ -67,12 +74,13 @@ if limit > 0 then
 end
 return 0
 """
+)
 
-# KEYS: buckets hash, leases zset. ARGV: lease id, then per dimension (r, i, o): token delta.
+# KEYS: buckets hash, leases zset. ARGV: lease id, then per dimension (r, i, o, t): token delta.
 _SETTLE = """
 redis.call('ZREM', KEYS[2], ARGV[1])
-local dims = {'r', 'i', 'o'}
-for d = 1, 3 do
+local dims = {'r', 'i', 'o', 't'}
+for d = 1, 4 do
   local delta = tonumber(ARGV[1 + d])
   if delta ~= 0 and redis.call('HEXISTS', KEYS[1], dims[d]) == 1 then
     redis.call('HINCRBYFLOAT', KEYS[1], dims[d], delta)
@@ -81,17 +89,18 @@ end
 return 0
 """
 
-# KEYS: buckets hash, blocked-until key. ARGV: now ms, block until ms (0: none), then per
-# dimension: what the provider says is left (-1: unknown). Only ever tightens.
-_OBSERVE = """
-local now = tonumber(ARGV[1])
-local until_ms = tonumber(ARGV[2])
+# KEYS: buckets hash, blocked-until key. ARGV: (unused), block for ms (0: none), then per
+# dimension (r, i, o, t): what the provider says is left (-1: unknown). Only ever tightens.
+_OBSERVE = (
+    _NOW
+    + """
+local until_ms = now + tonumber(ARGV[2])
 if until_ms > now then
   local current = tonumber(redis.call('GET', KEYS[2]) or '0')
   if until_ms > current then redis.call('SET', KEYS[2], until_ms, 'PX', until_ms - now) end
 end
-local dims = {'r', 'i', 'o'}
-for d = 1, 3 do
+local dims = {'r', 'i', 'o', 't'}
+for d = 1, 4 do
   local left = tonumber(ARGV[2 + d])
   if left >= 0 then
     local level = redis.call('HGET', KEYS[1], dims[d])
@@ -100,6 +109,7 @@ for d = 1, 3 do
 end
 return 0
 """
+)
 
 
 class LaneBlocked(ProviderError):
@@ -117,6 +127,10 @@ class Usage:
     requests: int = 1
     input_tokens: int = 0
     output_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
 @dataclass(frozen=True)
@@ -142,11 +156,12 @@ class RateLimiter:
         """(lease, 0) when granted, else (None, seconds to wait before asking again)."""
         buckets, leases, blocked = self._keys(lane)
         lease_id = uuid.uuid4().hex
-        args: list[int | float | str] = [int(time.time() * 1000), lease_id, LEASE_TTL_MS, limit.concurrency]
+        args: list[int | float | str] = [0, lease_id, LEASE_TTL_MS, limit.concurrency]
         for cap, cost in (
             (limit.rpm, want.requests),
             (limit.input_tpm, want.input_tokens),
             (limit.output_tpm, want.output_tokens),
+            (limit.tpm, want.tokens),
         ):
             effective = cap * limit.headroom
             args += [effective, effective / 60_000, cost]
@@ -169,8 +184,9 @@ class RateLimiter:
         """Release the lease; give back (or take) the difference between reserved and real usage."""
         buckets, leases, _ = self._keys(lease.lane)
         r = lease.reserved
-        deltas = (0, 0, 0) if used is None else (
-            r.requests - used.requests, r.input_tokens - used.input_tokens, r.output_tokens - used.output_tokens
+        deltas = (0, 0, 0, 0) if used is None else (
+            r.requests - used.requests, r.input_tokens - used.input_tokens, r.output_tokens - used.output_tokens,
+            r.tokens - used.tokens,
         )  # fmt: skip
         await self._settle(keys=[buckets, leases], args=[lease.lease_id, *deltas])
 
@@ -182,13 +198,13 @@ class RateLimiter:
         requests_left: int | None = None,
         input_tokens_left: int | None = None,
         output_tokens_left: int | None = None,
+        tokens_left: int | None = None,
     ) -> None:
         """What the provider said: its remaining budget, or a retry-after that blocks the lane."""
         buckets, _, blocked = self._keys(lane)
-        now = int(time.time() * 1000)
-        until = now + int(block_for * 1000) if block_for else 0
-        left = [-1 if v is None else v for v in (requests_left, input_tokens_left, output_tokens_left)]
-        await self._observe(keys=[buckets, blocked], args=[now, until, *left])
+        block_ms = int(block_for * 1000) if block_for else 0
+        left = [-1 if v is None else v for v in (requests_left, input_tokens_left, output_tokens_left, tokens_left)]
+        await self._observe(keys=[buckets, blocked], args=[0, block_ms, *left])
 
 
 UNLIMITED = RateLimit()
@@ -232,5 +248,6 @@ class RateLimitStep:
             requests_left=completion.requests_left,
             input_tokens_left=completion.input_tokens_left,
             output_tokens_left=completion.output_tokens_left,
+            tokens_left=completion.tokens_left,
         )
         return completion
