@@ -115,3 +115,17 @@ async def test_a_job_out_of_time_on_its_tier_is_settled_and_moves_on(
     cheap = [r for r in rows if r[1] == "cheap"]
     assert cheap[-1][3:] == ("escalated", "timeout") and all(r[3] == "retried" for r in cheap[:-1])
     assert rows[-1][1:] == ("standard", GEMINI, "ok", "")
+
+
+async def test_a_prompt_too_long_for_one_model_moves_to_the_next_not_to_the_dead_letters(
+    two_candidates: Settings, fake: FakeProvider, tmp_path: Path
+) -> None:
+    too_long = "context_length_exceeded: This model's maximum context length is 128000 tokens"
+    fake.fail(OPENAI, status=400, message=too_long)
+    fake.fail(GEMINI, status=400, message="The input token count exceeds the context window", times=1)
+    rows = await _rows(two_candidates, tmp_path, line(id="a", prompt="a very long document"))
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("cheap", OPENAI, "failover", "context_too_long"),
+        ("cheap", GEMINI, "escalated", "context_too_long"),
+        ("standard", GEMINI, "ok", ""),  # a larger tier, and here the same model with room to spare
+    ]

@@ -68,6 +68,21 @@ class Transient(ProviderError):
     error_class = "transient"
 
 
+class ContextTooLong(ProviderError):
+    """The prompt does not fit this model's window: another model may take it (not a malformed job)."""
+
+    error_class = "context_too_long"
+
+
+CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "context length",
+    "context window",
+    "prompt is too long",
+    "too many tokens",
+)
+
+
 class TimedOut(Transient):
     """The job's time budget on this tier ran out (waiting for a lane, retries, a slow call)."""
 
@@ -117,6 +132,8 @@ def error_for_status(status: int, message: str, retry_after: float | None = None
     """Map an HTTP status to Ladder's classes; shared by every adapter so they agree."""
     if status in (400, 402, 403, 429) and any(m in message.lower() for m in SPEND_MARKERS):
         return SpendLimited(message, status=status)
+    if status in (400, 413) and any(m in message.lower() for m in CONTEXT_MARKERS):
+        return ContextTooLong(message, status=status)
     if status == 429:
         return RateLimited(message, status=status, retry_after=retry_after)
     if status in (503, 529):

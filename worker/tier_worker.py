@@ -80,6 +80,7 @@ class TierRuntime:
                 number += 1
                 completion, error = await self._attempt(call, deadline)
                 if error is None or isinstance(error, (BadAnswer, BadRequest, TimedOut)):
+                    # ContextTooLong is not among these: the next candidate, or tier, may have a larger window.
                     return await self._settle(task_id, call, completion, error, earlier)
                 if isinstance(error, RateLimited) and retry < self.policies.faults.rate_limit_retries:
                     earlier.append(await self._record(call, Status.RETRIED, error))
