@@ -29,10 +29,12 @@ class SimulatedProvider:
             answer = _simulated_rating(last, digest)
         else:
             answer = f"[simulated {request.model}] " + " ".join(last.split()[:40])
+        # A well-behaved model answers within its budget: the simulated one shortens its answer to fit
+        # rather than being cut off, so the demo's escalations come only from its deliberate failures.
         limit = request.max_output_tokens * 4
-        finish = "stop"
         if len(answer) > limit:
-            answer, finish = answer[:limit], "length"
+            answer = answer[:limit].rsplit(" ", 1)[0] if " " in answer[:limit] else answer[:limit]
+        finish = "stop"
         return Completion(
             text=answer,
             input_tokens=estimate_tokens(text),
