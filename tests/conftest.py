@@ -82,16 +82,33 @@ def keys() -> Keys:
     return Keys("ladder")
 
 
+# Variables that would steer an SDK away from the fake (another key, Vertex, a profile, an org).
+SDK_STEERING = (
+    "GOOGLE_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_PROFILE",
+    "GOOGLE_GENAI_USE_VERTEXAI",
+    "GOOGLE_GENAI_API_VERSION",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+)
+
+
 @pytest.fixture
-def settings_env(
-    fake: FakeProvider, clean_redis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    """An environment for Settings and subprocesses: the test Redis, the fake provider's SDK variables.
-    The SDK variables are also set in this process, since the SDKs read them from os.environ."""
-    for name in [k for k in os.environ if k.endswith("_API_KEY") or k.endswith("_BASE_URL")]:
+def sdk_env(fake: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The fake provider's SDK variables set in this process (the SDKs read os.environ), and nothing
+    else that could point an SDK elsewhere."""
+    for name in [k for k in os.environ if k.endswith(("_API_KEY", "_BASE_URL")) or k in SDK_STEERING]:
         monkeypatch.delenv(name)
-    for name, value in fake.env().items():
+    env = fake.env()
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def settings_env(sdk_env: dict[str, str], clean_redis: str, tmp_path: Path) -> dict[str, str]:
+    """An environment for Settings and subprocesses: the test Redis and the fake provider."""
     env = dict(os.environ)
     env.update({"REDIS_URL": clean_redis, "LADDER_HOME": str(tmp_path / "home"), "LADDER_LOG_FORMAT": "json"})
     return env

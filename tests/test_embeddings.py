@@ -28,23 +28,6 @@ from worker.providers import MissingKeyError
 from worker.vector_cache import cached_vectors, load_embedding_router
 
 TIERS = ["cheap", "standard", "premium"]
-_CLEARED = (
-    "GOOGLE_API_KEY",
-    "GOOGLE_GENAI_USE_VERTEXAI",
-    "GOOGLE_GENAI_API_VERSION",
-    "OPENAI_ORG_ID",
-    "OPENAI_PROJECT_ID",
-)
-
-
-@pytest.fixture
-def sdk_env(fake: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in _CLEARED:
-        monkeypatch.delenv(name, raising=False)
-    env = fake.env()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
 
 
 EMBEDDERS = {"openai": (OpenAIEmbedder, "text-embedding-3-small"), "gemini": (GeminiEmbedder, "text-embedding-004")}

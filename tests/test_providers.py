@@ -27,15 +27,6 @@ from worker.provider import (
 )
 
 # Variables that would override or disturb what fake.env() sets.
-_CLEARED = (
-    "GOOGLE_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "ANTHROPIC_PROFILE",
-    "GOOGLE_GENAI_USE_VERTEXAI",
-    "GOOGLE_GENAI_API_VERSION",
-    "OPENAI_ORG_ID",
-    "OPENAI_PROJECT_ID",
-)
 
 
 @dataclass(frozen=True)
@@ -58,16 +49,6 @@ SPECS = [
 def spec(request: pytest.FixtureRequest) -> Spec:
     spec: Spec = request.param
     return spec
-
-
-@pytest.fixture
-def sdk_env(fake: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in _CLEARED:
-        monkeypatch.delenv(name, raising=False)
-    env = fake.env()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
 
 
 @pytest.fixture

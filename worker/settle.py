@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 
 from redis.asyncio import Redis
@@ -33,12 +32,6 @@ from worker.steps import Call
 
 SETTLED_TTL_S = 7 * 24 * 3600
 ERROR_MESSAGE_CHARS = 300
-
-
-@dataclass(frozen=True)
-class Settled:
-    status: Status
-    next_tier: str | None
 
 
 def _path_entry(attempt: Attempt) -> str:
@@ -130,7 +123,7 @@ class Settler:
         error: ProviderError | None,
         simulated: bool,
         earlier: Sequence[Attempt] = (),
-    ) -> Settled:
+    ) -> Status:
         task, keys = call.task, self._keys
         if isinstance(error, BadAnswer):
             completion = error.completion  # answered and billed, but not kept
@@ -181,4 +174,4 @@ class Settler:
             pipe.hincrby(counts, status.value, 1)
             pipe.hincrby(counts, "final", 1)
         await pipe.execute()
-        return Settled(status, next_tier)
+        return status

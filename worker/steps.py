@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 
@@ -34,7 +34,6 @@ class Call:
     latency_ms: float = 0.0
     cost: Decimal = Decimal(0)
     counterfactual_cost: Decimal = Decimal(0)
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[Call], Awaitable[Completion]]

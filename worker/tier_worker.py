@@ -132,8 +132,8 @@ class TierRuntime:
         earlier: list[Attempt],
     ) -> str:
         simulated = self.providers.is_simulated(call.candidate.provider)
-        settled = await self.settler.settle(task_id, call, completion, error, simulated, earlier)
-        return settled.status.value
+        status = await self.settler.settle(task_id, call, completion, error, simulated, earlier)
+        return status.value
 
 
 def _model(candidate: Candidate) -> str:
