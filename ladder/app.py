@@ -14,6 +14,7 @@ from ladder.keys import Keys
 from ladder.queueing import deserialize_arq, serialize_arq
 from ladder.settings import EmbeddedRedis, Settings, redacted_url, redis_settings
 from producer.submit import Producer
+from worker.budget import BudgetBook
 from worker.classifier_worker import ClassifierRuntime, EmbeddingStage, classifier_worker
 from worker.clickhouse import ClickHouse
 from worker.embedders import build_embedder
@@ -67,7 +68,8 @@ class App:
         return ClassifierRuntime(policies, self.redis, self.keys, self.providers(), embedding)
 
     def sink(self, batch_size: int = 5000) -> Sink:
-        return Sink(self.redis, self.keys, self.clickhouse(), batch_size=batch_size)
+        budgets = BudgetBook.for_policies(self.redis, self.keys, self.settings.policies)
+        return Sink(self.redis, self.keys, self.clickhouse(), batch_size=batch_size, budgets=budgets)
 
     async def aclose(self) -> None:
         if self._providers is not None:

@@ -25,11 +25,14 @@ from rich.progress import (
 
 from ladder.app import App, open_app
 from ladder.calibrate_cmd import add_calibrate_parser, run_calibrate
+from ladder.customers_cmd import add_customers_parser, run_budgets, run_customers
+from ladder.estimate_cmd import add_estimate_parser, run_estimate
 from ladder.eval_cmd import add_eval_parser, run_eval
 from ladder.logs import configure_logging
 from ladder.messages import Rejection
 from ladder.output import FORMATS, render
-from ladder.report import SPEND_BY, SPEND_COLUMNS, SpendReport, with_total
+from ladder.report import Filters, ReportError, Reports
+from ladder.report_cmd import add_report_parser, print_tables, run_report
 from ladder.results import batch_counts, batch_records, result_line
 from ladder.settings import Settings
 from policies.config import CLASSIFY_QUEUE, PolicyError
@@ -180,20 +183,9 @@ def _final_rows(app: App, batch: str) -> int:
 
 
 async def _print_spend(app: App, by: str, batch: str, fmt: str) -> None:
-    report = SpendReport(app.clickhouse())
-    rows = await asyncio.to_thread(report.by, by, batch)
-    simulated = await asyncio.to_thread(report.simulated_rows, batch)
-    notes = []
-    if simulated:
-        notes.append(f"SIMULATED: {simulated:,} rows were answered by the simulated provider (no API key set).")
-    title = f"spend by {by}" + (f", batch {batch}" if batch else "")
-    render(title, SPEND_COLUMNS, with_total(rows), fmt, out, notes)
-
-
-async def cmd_report(app: App, args: argparse.Namespace) -> int:
-    await asyncio.to_thread(app.clickhouse().migrate)
-    await _print_spend(app, args.by, args.batch or "", args.format)
-    return 0
+    reports = Reports(app.clickhouse(), app.settings.policies)
+    table = await asyncio.to_thread(reports.spend, Filters(batch=batch), by)
+    print_tables([table], fmt)
 
 
 async def cmd_results(app: App, args: argparse.Namespace) -> int:
@@ -242,14 +234,11 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--batch", required=True)
     res.add_argument("-o", "--output", required=True)
     fmt(res)
-    rep = sub.add_parser("report", help="reports from ClickHouse")
-    rep_sub = rep.add_subparsers(dest="report", required=True)
-    spend = rep_sub.add_parser("spend", help="requests, tokens and cost grouped one way")
-    spend.add_argument("--by", choices=list(SPEND_BY), default="model")
-    spend.add_argument("--batch")
-    fmt(spend)
+    add_report_parser(sub)
     add_calibrate_parser(sub)
     add_eval_parser(sub)
+    add_estimate_parser(sub)
+    add_customers_parser(sub)
     return p
 
 
@@ -257,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
 OFFLINE: dict[str, Callable[[argparse.Namespace], int]] = {
     "calibrate": run_calibrate,
     "eval": run_eval,
+    "estimate": run_estimate,
 }
 
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]]] = {
@@ -265,7 +255,9 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]
     "sink": cmd_sink,
     "run": cmd_run,
     "results": cmd_results,
-    "report": cmd_report,
+    "report": run_report,
+    "customers": run_customers,
+    "budgets": run_budgets,
 }
 
 
@@ -296,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in OFFLINE:
             return OFFLINE[args.command](args)
         return _run_loop(_main(settings, args))
-    except (MissingKeyError, PolicyError, FileNotFoundError) as e:
+    except (MissingKeyError, PolicyError, ReportError, FileNotFoundError) as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
         return 2
     except KeyboardInterrupt:

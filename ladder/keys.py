@@ -38,6 +38,34 @@ class Keys:
         return f"{self.prefix}:batch:{batch}:counts"
 
     @property
+    def budget_limits(self) -> str:
+        """Hash: customer -> "NANO_USD AT_LIMIT" ("-" for no limit), from the customers file."""
+        return f"{self.prefix}:budget:limits"
+
+    @property
+    def budget_default(self) -> str:
+        """The limit of customers the file does not name, as above; absent until a file is loaded."""
+        return f"{self.prefix}:budget:default"
+
+    def budget_spent(self, month: str) -> str:
+        """Hash: customer -> nano-dollars spent in the UTC month "YYYY-MM"."""
+        return f"{self.prefix}:budget:spent:{month}"
+
+    def budget_held(self, month: str) -> str:
+        """Hash: customer -> nano-dollars held by calls in flight that reserved in that month."""
+        return f"{self.prefix}:budget:held:{month}"
+
+    @property
+    def budget_holds(self) -> str:
+        """Hash: hold id -> "STATE MONTH NANO_USD CUSTOMER", one per call in flight."""
+        return f"{self.prefix}:budget:holds"
+
+    @property
+    def budget_hold_deadlines(self) -> str:
+        """Sorted set: hold id -> when (Redis ms) it is released as a crashed worker's, or forgotten."""
+        return f"{self.prefix}:budget:hold-deadlines"
+
+    @property
     def outcomes(self) -> str:
         return f"{self.prefix}:outcomes"
 

@@ -124,6 +124,7 @@ class Outcome(msgspec.Struct, frozen=True):
     strategy: str
     simulated: bool
     final: bool  # this attempt settled the job (ok, or dead on the top tier)
+    middle_tier_cost: Decimal = Decimal(0)  # the same tokens on the middle tier's first model
 
 
 class JobRecord(msgspec.Struct, frozen=True):

@@ -23,7 +23,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, Decimal):
         return f"${value:,.4f}"
     if isinstance(value, int):
@@ -31,6 +33,16 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}"
     return str(value)
+
+
+def payload(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A table as JSON-ready data: its title, one object per row, and its notes if any."""
+    data: dict[str, Any] = {"title": title, "rows": [dict(zip(columns, map(_plain, r), strict=True)) for r in rows]}
+    if notes:
+        data["notes"] = list(notes)
+    return data
 
 
 def render(
@@ -42,10 +54,7 @@ def render(
     notes: Sequence[str] = (),
 ) -> None:
     if fmt == "json":
-        payload = {"title": title, "rows": [dict(zip(columns, map(_plain, r), strict=True)) for r in rows]}
-        if notes:
-            payload["notes"] = list(notes)
-        console.print_json(json.dumps(payload))
+        console.print_json(json.dumps(payload(title, columns, rows, notes)))
         return
     if fmt == "csv":
         buf = io.StringIO()
@@ -58,7 +67,7 @@ def render(
     for i, name in enumerate(columns):
         table.add_column(name, justify="left" if i == 0 else "right")
     for r in rows:
-        table.add_row(*(_cell(v) for v in r))
+        table.add_row(*(cell(v) for v in r))
     console.print(table)
     for note in notes:
         console.print(note)

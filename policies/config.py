@@ -162,6 +162,16 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     result_ttl_s: int = 7 * 24 * 3600
 
 
+class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Monthly spend limits per customer (UTC calendar months), enforced at dispatch across all
+    workers. A customer's own budget and choice come from the customers file (policies/customers.py);
+    these are the defaults for customers that name none."""
+
+    enabled: bool = True
+    default_monthly_usd: Decimal | None = None  # None: customers without a budget of their own are not limited
+    at_limit: Literal["reject", "downgrade"] = "reject"  # downgrade: a cheaper tier whose estimate still fits
+
+
 class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tiers: list[Tier]
     providers: dict[str, ProviderConfig] = {}
@@ -173,6 +183,7 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_limits: dict[str, RateLimit] = {}  # keyed "provider/model", e.g. "openai/gpt-4o-mini"
     faults: Faults = Faults()
     embedding: EmbeddingRouting = EmbeddingRouting()
+    budgets: Budgets = Budgets()
     strategy: str = "rules-v1"
 
     @property
@@ -182,6 +193,11 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def top_tier(self) -> Tier:
         return self.tiers[-1]
+
+    @property
+    def middle_tier(self) -> Tier:
+        """The savings report's second counterfactual: the second of three tiers (of two, the top)."""
+        return self.tiers[len(self.tiers) // 2]
 
     def tier(self, name: str) -> Tier:
         for t in self.tiers:
@@ -251,6 +267,9 @@ def _check_embedding(p: Policies) -> Policies:
         raise PolicyError(f"embedding.premium_share_target: {e.premium_share_target} must be between 0 and 1")
     if e.premium_score is not None and not 0.0 <= e.premium_score <= 1.0:
         raise PolicyError(f"embedding.premium_score: {e.premium_score} must be between 0 and 1")
+    default = p.budgets.default_monthly_usd
+    if default is not None and (not default.is_finite() or default < 0):
+        raise PolicyError(f"budgets.default_monthly_usd: {default} must be a non-negative amount")
     return p
 
 

@@ -20,8 +20,8 @@ class PriceBook:
 
     def __init__(self, policies: Policies) -> None:
         self._policies = policies
-        top = policies.top_tier.candidates[0]
-        self.counterfactual = top
+        self.counterfactual = policies.top_tier.candidates[0]
+        self.middle = policies.middle_tier.candidates[0]
         for tier in policies.tiers:
             for c in tier.candidates:
                 self.cost(c, 1, 1)  # raises PolicyError if the model has no price
@@ -38,6 +38,10 @@ class PriceBook:
     def counterfactual_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """What the same tokens would have cost on the top tier's first model."""
         return self.cost(self.counterfactual, input_tokens, output_tokens)
+
+    def middle_tier_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """What the same tokens would have cost on the middle tier's first model."""
+        return self.cost(self.middle, input_tokens, output_tokens)
 
 
 @lru_cache(maxsize=65536)

@@ -19,7 +19,8 @@ class RuleRouter:
         self._tiers = set(policies.tier_names)
         self._premium_features = frozenset(self._rules.premium_features)
         self._band_tasks = frozenset(self._rules.classify.tasks)
-        keywords = [re.escape(k.lower()) for k in self._rules.premium_keywords]
+        self._keyword_texts = [k.lower() for k in self._rules.premium_keywords]
+        keywords = [re.escape(k) for k in self._keyword_texts]
         self._keywords = re.compile(r"\b(" + "|".join(keywords) + r")") if keywords else None
 
     def route(self, job: Job) -> RouteDecision:
@@ -32,8 +33,11 @@ class RuleRouter:
         tokens = estimate_tokens(text)
         if tokens > r.input_token_threshold:
             return RouteDecision(r.long_input_tier, RouteSource.RULE, f"input ~{tokens} tokens")
-        if self._keywords is not None:
-            found = self._keywords.search(text.lower())
+        lowered = text.lower()
+        # A substring test first: most texts hold no keyword, and `in` is far cheaper than the
+        # word-boundary regex over a long prompt, which then only confirms a likely match.
+        if self._keywords is not None and any(k in lowered for k in self._keyword_texts):
+            found = self._keywords.search(lowered)
             if found:
                 return RouteDecision(r.keyword_tier, RouteSource.RULE, f"keyword '{found.group(1)}'")
         band = r.classify

@@ -17,7 +17,7 @@ from ladder.queueing import deserialize_arq, serialize_arq
 from ladder.settings import Settings
 from policies.config import parse_policies
 from tests.fake_provider import FakeProvider
-from tests.helpers import THREE_TIERS
+from tests.helpers import FAKE_KEYS, THREE_TIERS
 from worker.clickhouse import ClickHouse
 
 REDIS_URL = os.environ.get("LADDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -125,6 +125,17 @@ def policies_file(tmp_path: Path) -> Path:
 def settings(settings_env: dict[str, str], policies_file: Path, clickhouse: ClickHouse, chdb_url: str) -> Settings:
     env = dict(settings_env, CLICKHOUSE_URL=chdb_url, CLICKHOUSE_DATABASE=clickhouse.database)
     return Settings.from_env(str(policies_file), env)
+
+
+@pytest.fixture
+def cli_env(settings_env: dict[str, str], fake: FakeProvider, policies_file: Path, tmp_path: Path) -> dict[str, str]:
+    """The environment of a `ladder` subprocess: test Redis, its own chdb folder, the fake provider."""
+    return dict(
+        settings_env,
+        **fake.env(FAKE_KEYS),
+        CLICKHOUSE_URL=f"chdb://{tmp_path / 'ch'}",
+        LADDER_POLICIES=str(policies_file),
+    )
 
 
 @pytest.fixture

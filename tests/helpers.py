@@ -3,7 +3,27 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
+
+# Recognizable fake keys: tests assert they reach no output, log, row or file.
+FAKE_KEYS = {
+    "ANTHROPIC_API_KEY": "sk-ant-SECRET-anthropic-0001",
+    "OPENAI_API_KEY": "sk-SECRET-openai-0002",
+    "GEMINI_API_KEY": "AIza-SECRET-gemini-0003",
+}
+
+
+def ladder(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The `ladder` command in its own process, as a user runs it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ladder.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"ladder {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
 
 ARTICLE_PRICES = """
 [prices."claude-3-5-sonnet-20241022"]

@@ -40,6 +40,7 @@ from policies.embedding_router import EmbeddingRouter
 from policies.injection import steering_attempt
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
+from worker.budget import BudgetBook
 from worker.provider import Completion, CompletionRequest, ProviderError
 from worker.providers import ProviderPool
 from worker.settle import ERROR_MESSAGE_CHARS, SETTLED_TTL_S
@@ -124,6 +125,7 @@ class ClassifierRuntime:
         self.providers = providers
         self.embedding = embedding
         self.prices = PriceBook(policies)
+        self.budget = BudgetBook.for_policies(redis, keys, policies)
         self.candidate = Candidate(policies.classifier.provider, policies.classifier.model)
         # Bulk files repeat prompts, and a worker runs many jobs at once: the first job of a prompt
         # asks the model, the others in this process wait for its decision instead of asking again.
@@ -180,6 +182,10 @@ class ClassifierRuntime:
             await self._settle(task, task_id, similar, None, cache_key=cache_key)
             return similar
         call = await self._ask_model(text)
+        if self.budget is not None and call.completion is not None:  # counted, never refused: routing is ours
+            done = call.completion
+            cost = self.prices.cost(self.candidate, done.input_tokens, done.output_tokens)
+            await self.budget.charge(task.job.customer, cost)
         answer = parse_answer(call.completion.text) if call.completion else None
         tier, reason = self.tier_for(answer)
         counter = "classifier_failures" if answer is None else "classified"
@@ -245,6 +251,7 @@ class ClassifierRuntime:
             output_tokens=tokens_out,
             cost=self.prices.cost(self.candidate, tokens_in, tokens_out),
             counterfactual_cost=self.prices.counterfactual_cost(tokens_in, tokens_out),
+            middle_tier_cost=self.prices.middle_tier_cost(tokens_in, tokens_out),
             latency_ms=(time.time() - call.started) * 1000,
             started_at=call.started,
             finished_at=time.time(),

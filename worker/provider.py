@@ -95,6 +95,13 @@ class BadRequest(ProviderError):
     error_class = "bad_request"
 
 
+class OverBudget(BadRequest):
+    """The customer's monthly budget cannot take this call (worker/budget.py). A BadRequest: the job
+    is dead-lettered at once, never escalated to a dearer tier."""
+
+    error_class = "over_budget"
+
+
 class Fatal(ProviderError):
     """Authentication, permission or account problems: stop, a person must act."""
 

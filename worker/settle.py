@@ -77,6 +77,7 @@ def outcome_event(
         output_tokens=completion.output_tokens if completion else 0,
         cost=call.cost,
         counterfactual_cost=call.counterfactual_cost,
+        middle_tier_cost=call.middle_tier_cost,
         latency_ms=call.latency_ms,
         started_at=call.started_at,
         finished_at=time.time(),

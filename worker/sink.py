@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from redis.exceptions import ResponseError
 
 from ladder.keys import Keys
 from ladder.messages import OUTCOME_DECODER, Outcome
+from worker.budget import BudgetBook
 from worker.clickhouse import ClickHouse
 
 log = structlog.get_logger("ladder.sink")
@@ -33,6 +35,7 @@ class SinkStats:
     inserted: int = 0
     batches: int = 0
     malformed: int = 0
+    replayed: int = 0  # events of a replayed batch found already stored, not inserted again
 
 
 class Sink:
@@ -45,6 +48,7 @@ class Sink:
         batch_size: int = 5000,
         flush_interval: float = 1.0,
         consumer: str | None = None,
+        budgets: BudgetBook | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -52,44 +56,57 @@ class Sink:
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._budgets = budgets
         self.stats = SinkStats()
 
     async def setup(self) -> None:
         await asyncio.to_thread(self._ch.migrate)
+        if self._budgets is not None:
+            await self._reconcile_budgets(self._budgets)
         try:
             await self._redis.xgroup_create(self._keys.outcomes, self._keys.sink_group, id="0", mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
 
+    async def _reconcile_budgets(self, budgets: BudgetBook) -> None:
+        """The sink is the one process that opens ClickHouse, so it brings the budgets' month-to-date
+        spend in Redis up to ClickHouse's on start (Redis may have restarted without persistence)."""
+        month = budgets.month()
+        spent = await asyncio.to_thread(self._ch.month_spend, date.fromisoformat(f"{month}-01"))
+        await budgets.reconcile(month, spent)
+
     async def run(self, *, burst: bool = False, stop: asyncio.Event | None = None) -> SinkStats:
         """Move events until stopped; with burst, until the stream has nothing new or pending."""
         await self.setup()
-        await self._drain("0")  # our own entries left unacked by an earlier run
+        await self._replay()
         await self._claim_stale()
-        while stop is None or not stop.is_set():
-            moved = await self._drain(">", block=not burst)
-            if burst and moved == 0 and await self._pending() == 0:
-                break
+        # One batch is inserted (in a thread: chdb and the HTTP client release the GIL) while the
+        # next is read from the stream; a batch is acked only after its own insert returned.
+        inserting: asyncio.Task[None] | None = None
+        try:
+            while stop is None or not stop.is_set():
+                entries = await self._read(">", block=not burst)
+                if inserting is not None:
+                    await inserting
+                    inserting = None
+                if entries:
+                    inserting = asyncio.create_task(self._insert(entries))
+                elif burst and await self._pending() == 0:
+                    break
+        finally:
+            if inserting is not None:
+                await inserting
         return self.stats
 
-    async def _drain(self, start: str, block: bool = False) -> int:
-        """Insert what is there from `start`, a batch at a time, until a read comes back empty.
-
-        Reading new entries (`>`), a batch is filled for up to `flush_interval` seconds: ClickHouse
-        wants few large inserts, not one per event.
-        """
-        moved = 0
-        while True:
-            entries = await self._read(start, block)
-            if not entries:
-                return moved
-            await self._insert(entries)
-            moved += len(entries)
-            if start == ">":
-                return moved
+    async def _replay(self) -> None:
+        """Our own entries left unacked by an earlier run, a batch at a time."""
+        while entries := await self._read("0", block=False):
+            await self._insert(entries, replay=True)
 
     async def _read(self, start: str, block: bool) -> list[tuple[Any, dict[bytes, bytes]]]:
+        """Up to a batch of entries. Reading new entries (`>`), a batch is filled for up to
+        `flush_interval` seconds: ClickHouse wants few large inserts, not one per event."""
         entries: list[tuple[Any, dict[bytes, bytes]]] = []
         deadline = time.monotonic() + self._flush_interval
         while len(entries) < self._batch_size:
@@ -115,7 +132,7 @@ class Sink:
             )
             start, entries = resp[0], resp[1]
             if entries:
-                await self._insert(entries)
+                await self._insert(entries, replay=True)
             if start in (b"0-0", "0-0"):
                 return
 
@@ -123,7 +140,10 @@ class Sink:
         info = await self._redis.xpending(self._keys.outcomes, self._keys.sink_group)
         return int(info["pending"])
 
-    async def _insert(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
+    async def _insert(self, entries: list[tuple[Any, dict[bytes, bytes]]], replay: bool = False) -> None:
+        """Insert, then ack and delete. A replay (our own unacked entries, or another consumer's
+        claimed ones) may already be stored, perhaps as part of a differently composed batch that
+        the deduplication token cannot recognise: those events are looked up and dropped."""
         outcomes: dict[str, Outcome] = {}
         ids = [entry_id for entry_id, _ in entries]
         pipe = self._redis.pipeline(transaction=True)
@@ -137,6 +157,11 @@ class Sink:
                 pipe.xadd(self._keys.malformed_outcomes, aside)
                 continue
             outcomes[outcome.event_id] = outcome  # a repeat inside one batch is one row
+        if outcomes and replay:
+            stored = await asyncio.to_thread(self._ch.stored_event_ids, list(outcomes.values()))
+            for event_id in stored:
+                del outcomes[event_id]
+            self.stats.replayed += len(stored)
         if outcomes:
             await asyncio.to_thread(self._ch.insert_outcomes, list(outcomes.values()))
         pipe.xack(self._keys.outcomes, self._keys.sink_group, *ids)

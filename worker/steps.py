@@ -34,6 +34,7 @@ class Call:
     latency_ms: float = 0.0
     cost: Decimal = Decimal(0)
     counterfactual_cost: Decimal = Decimal(0)
+    middle_tier_cost: Decimal = Decimal(0)
 
 
 Handler = Callable[[Call], Awaitable[Completion]]
@@ -66,6 +67,7 @@ class Priced:
         completion = await proceed(call)
         call.cost = self._prices.cost(call.candidate, completion.input_tokens, completion.output_tokens)
         call.counterfactual_cost = self._prices.counterfactual_cost(completion.input_tokens, completion.output_tokens)
+        call.middle_tier_cost = self._prices.middle_tier_cost(completion.input_tokens, completion.output_tokens)
         return completion
 
 

@@ -17,6 +17,7 @@ from policies.answer_checks import AnswerChecker
 from policies.config import Candidate, Policies
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
+from worker.budget import BudgetBook, budget_steps
 from worker.provider import (
     BadAnswer,
     BadRequest,
@@ -53,8 +54,10 @@ class TierRuntime:
         self.settler = Settler(redis, keys, policies)
         checks = AnswerChecks(AnswerChecker(policies.escalation))
         limits = RateLimitStep(RateLimiter(redis, keys.prefix), policies, providers.accounts)
-        # Outermost first: checks judge a priced answer; the limiter's wait is not the call's latency.
-        steps: list[Step] = [logged, *extra_steps, checks, Priced(self.prices), limits, timed]
+        budget = budget_steps(BudgetBook.for_policies(redis, keys, policies), policies, self.prices)
+        # Outermost first: the budget settles the final, priced cost; checks judge a priced answer;
+        # the limiter's wait is not the call's latency.
+        steps: list[Step] = [logged, *extra_steps, *budget, checks, Priced(self.prices), limits, timed]
         self._handler = compose(steps, self._call_provider)
 
     async def _call_provider(self, call: Call) -> Completion:
@@ -85,9 +88,9 @@ class TierRuntime:
                 if isinstance(error, RateLimited) and retry < self.policies.faults.rate_limit_retries:
                     earlier.append(await self._record(call, Status.RETRIED, error))
                     continue
-                if isinstance(error, (Overloaded, Transient)):
+                if isinstance(error, (Overloaded, Transient)):  # the model called (a budget downgrade may change it)
                     await self.redis.set(
-                        self.keys.cooldown(_model(candidate)), b"1", ex=self.policies.faults.cooldown_s
+                        self.keys.cooldown(_model(call.candidate)), b"1", ex=self.policies.faults.cooldown_s
                     )
                 if i == len(candidates) - 1:
                     return await self._settle(task_id, call, None, error, earlier)
