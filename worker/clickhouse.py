@@ -17,11 +17,11 @@ import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 import clickhouse_connect
-import msgspec
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from ladder.messages import Outcome
@@ -29,7 +29,7 @@ from policies.customers import Customer
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# The event's fields are the table's columns, by name (insert_outcomes sends events as JSON rows).
+# The event's fields are the table's columns, by name.
 OUTCOME_COLUMNS: tuple[str, ...] = Outcome.__struct_fields__
 
 # The rollup's dimensions: every report groups and filters on these, and on nothing finer. Its
@@ -153,7 +153,25 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 
-_json = msgspec.json.Encoder()
+_DECIMAL = pa.decimal128(38, 12)
+_PICO = Decimal("1e-12")
+
+
+def _arrow_column(name: str, values: list[Any]) -> pa.Array:
+    if name in ("cost", "counterfactual_cost", "middle_tier_cost"):
+        # Decimal(38, 12) keeps 12 places and drops the rest, as ClickHouse does when it parses text.
+        return pa.array([v.quantize(_PICO, ROUND_DOWN) for v in values], _DECIMAL)
+    if name in ("started_at", "finished_at"):
+        return pa.array(values, pa.float64())  # unix seconds; ClickHouse keeps the milliseconds
+    if name in ("route_source", "status"):
+        return pa.array([v.value for v in values], pa.string())
+    return pa.array(values)
+
+
+def _arrow_table(outcomes: Sequence[Outcome]) -> pa.Table:
+    columns = [_arrow_column(name, [getattr(o, name) for o in outcomes]) for name in OUTCOME_COLUMNS]
+    return pa.Table.from_arrays(columns, names=list(OUTCOME_COLUMNS))
+
 
 CUSTOMER_COLUMNS = ("customer", "plan", "revenue_per_month", "revenue_per_request", "monthly_budget", "at_limit")
 
@@ -191,21 +209,22 @@ class ClickHouse:
             return max(current, target)
 
     def insert_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """One insert of the whole batch. The events go as JSON rows, encoded by msgspec and parsed by
-        ClickHouse: the event's fields are the table's columns (enums as their values, Decimals as
-        exact strings, timestamps as unix seconds), and this costs a tenth of converting each value
-        in Python for the native protocol."""
+        """One insert of the whole batch, as an Arrow table: ClickHouse reads Arrow columns several
+        times faster than JSON or the native protocol built value by value in Python."""
         token = hashlib.sha256("\n".join(o.event_id for o in outcomes).encode()).hexdigest()
-        body = b"\n".join(_json.encode(o) for o in outcomes)
+        table = _arrow_table(outcomes)
         with self._lock:
-            self.client.raw_insert(
+            self.client.insert_arrow(
                 f"{self.database}.outcomes",
-                list(OUTCOME_COLUMNS),
-                insert_block=body,
-                fmt="JSONEachRow",
-                # optimize_on_insert: the sink already made each batch's event ids unique, and the
-                # view's rollup rows are grouped already; merging them again on insert costs a third.
-                settings={"insert_deduplication_token": token, "optimize_on_insert": 0},
+                table,
+                # optimize_on_insert: the sink already made each batch's event ids unique and the
+                # view's rows are grouped already, so merging on insert is work for nothing.
+                # parallel_view_processing: the rollup is written beside the table, not after it.
+                settings={
+                    "insert_deduplication_token": token,
+                    "optimize_on_insert": 0,
+                    "parallel_view_processing": 1,
+                },
             )
 
     def stored_event_ids(self, outcomes: Sequence[Outcome]) -> set[str]:
