@@ -15,6 +15,7 @@ from ladder.report import Table
 
 BLUE, ORANGE, GREY, GREEN, RED = "#3b6ea8", "#e08a2c", "#9a9a9a", "#4d9a5b", "#c0392b"
 MOST_BARS = 15
+GROUPED_DAYS = 14
 
 
 def _dollars(value: float, _pos: Any = None) -> str:
@@ -62,23 +63,32 @@ def savings_chart(table: Table) -> bytes:
     classifier = [float(v) for v in _column(table, "classifier_cost")]
     top_name = next(c for c in table.columns if c.startswith("all_"))
     top = [float(v) for v in _column(table, top_name)]
-    fig = Figure(figsize=(max(7, 0.35 * len(days) + 3), 4.5))
+    middle_names = [c for c in table.columns if c.startswith("all_") and c != top_name]
+    middle = [float(v) for v in _column(table, middle_names[0])] if middle_names else []
+    fig = Figure(figsize=(max(7, 0.35 * len(days) + 3), 4.8))
     ax = fig.subplots()
     x = list(range(len(days)))
-    ax.bar(x, model, color=BLUE, label="actual: model calls")
-    ax.bar(x, classifier, bottom=model, color=ORANGE, label="actual: classifier")
-    ax.plot(x, top, color=RED, marker="o", label=top_name.replace("_", " ") + " (counterfactual)")
-    middle_names = [c for c in table.columns if c.startswith("all_") and c != top_name]
-    if middle_names:
-        middle = [float(v) for v in _column(table, middle_names[0])]
-        ax.plot(x, middle, color=GREY, marker="s", linestyle="--", label=middle_names[0].replace("_", " "))
+    grouped = len(days) <= GROUPED_DAYS  # a few days: bars side by side; many: counterfactuals as lines
+    width = 0.27 if grouped else 0.8
+    ax.bar([i - width if grouped else i for i in x], model, width, color=BLUE, label="actual: model calls")
+    ax.bar([i - width if grouped else i for i in x], classifier, width, bottom=model, color=ORANGE,
+           label="actual: classifier")  # fmt: skip
+    top_label = top_name.replace("_", " ") + " (counterfactual)"
+    if grouped:
+        if middle:
+            ax.bar(x, middle, width, color=GREY, label=middle_names[0].replace("_", " "))
+        ax.bar([i + width for i in x], top, width, color=RED, label=top_label)
+    else:
+        if middle:
+            ax.plot(x, middle, color=GREY, marker="s", linestyle="--", label=middle_names[0].replace("_", " "))
+        ax.plot(x, top, color=RED, marker="o", label=top_label)
     ax.set_xticks(x, days, rotation=45 if len(days) > 6 else 0, ha="right" if len(days) > 6 else "center")
     ax.yaxis.set_major_formatter(FuncFormatter(_dollars))
     ax.set_ylim(bottom=0)
     total = next((r for r in table.rows if r[0] == "TOTAL"), None)
     saved = f": saved {_dollars(float(total[6]))} ({total[7]}%)" if total else ""
-    ax.set_title(table.title + saved, loc="left")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set_title(table.title + saved, loc="left", pad=28)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)
 

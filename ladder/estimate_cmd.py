@@ -159,7 +159,14 @@ def _print(e: Estimate, notes: list[str], fmt: str) -> None:
         for s in e.scenarios
     ]
     top = e.tiers[-1].tier
-    scenario_columns = ["scenario", "jobs", "classifier calls", "total", f"saving vs all on {top}", "saving %"]
+    scenario_columns = [
+        "scenario",
+        "model calls cost",
+        "classifier calls cost",
+        "total",
+        f"saving vs all on {top}",
+        "saving %",
+    ]
     render("projected cost by tier (current policies)", tier_columns, tier_rows, fmt, out)
     if fmt == "csv":
         out.file.write("\n")

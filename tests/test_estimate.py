@@ -235,7 +235,9 @@ def test_estimate_command_prices_a_file_reports_bad_lines_and_the_undecided_band
     assert "2 jobs of the undecided band" in table.stdout and "all on cheap" in table.stdout
     assert "line 3: not valid JSON" in table.stderr
     csv_out = ladder(env, "estimate", str(jobs), "--format", "csv").stdout
-    assert csv_out.startswith("tier,model,jobs,share,") and "\nscenario,jobs,classifier calls," in csv_out
+    assert (
+        csv_out.startswith("tier,model,jobs,share,") and "\nscenario,model calls cost,classifier calls cost," in csv_out
+    )
 
 
 def test_clean_file_no_rejects_file_many_bad_lines_shown_twenty_and_a_missing_file(
