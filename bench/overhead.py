@@ -236,9 +236,10 @@ def main() -> None:
     fake, url = start_fake()
     tmp = Path(tempfile.mkdtemp(prefix="ladder-bench-"))
     (tmp / "policies.toml").write_text(POLICIES)
+    (tmp / "no-budgets.toml").write_text(POLICIES + "[budgets]\nenabled = false\n")
     base_env = dict(os.environ, OPENAI_API_KEY=KEY, OPENAI_BASE_URL=f"{url}/v1", PYTHONPATH=str(ROOT))
     n, c = args.jobs, args.concurrency
-    rates: dict[str, list[float]] = {"a": [], "b": [], "b2": [], "c": []}
+    rates: dict[str, list[float]] = {"a": [], "b": [], "b2": [], "c": [], "c0": []}
     # The baselines get the better of asyncio's loop and uvloop (which `ladder` uses), so Ladder's
     # ratio is never flattered by a slower loop under the baseline.
     try:
@@ -256,19 +257,24 @@ def main() -> None:
                 LADDER_LOG_FORMAT="json",
             )
             rates["c"].append(n / ladder_path(n, c, env))
+            flush()
+            env.update(CLICKHOUSE_URL=f"chdb://{tmp / f'ch{round_}-nb'}", LADDER_POLICIES=str(tmp / "no-budgets.toml"))
+            rates["c0"].append(n / ladder_path(n, c, env))
             print(f"round {round_ + 1}: " + " ".join(f"{k}={v[-1]:.0f}/s" for k, v in rates.items()))
     finally:
         fake.terminate()
         flush()
-    a, b, b2, cc = (statistics.median(rates[k]) for k in ("a", "b", "b2", "c"))
+    a, b, b2, cc, c0 = (statistics.median(rates[k]) for k in ("a", "b", "b2", "c", "c0"))
     print(f"\n{n} jobs, concurrency {c}, {os.cpu_count()} cores, median of {args.repeat} interleaved rounds")
     print(f"(a) bare arq no-op jobs/s, one worker process : {a:8.0f}   (best of asyncio and uvloop)")
     print(f"(b) raw SDK calls/s to the fake provider      : {b:8.0f}   (best of asyncio and uvloop)")
     print(f"(b2) Ladder's adapter alone, no queue, calls/s: {b2:8.0f}   (same SDK client, msgspec decoding)")
     print(f"(c) Ladder full path jobs/s (to ClickHouse)   : {cc:8.0f}")
+    print(f"(c0) the same with [budgets] off, jobs/s      : {c0:8.0f}   (c/c0: what budget holds cost)")
     print(f"c/b (Ladder overhead; target >= 0.8)          : {cc / b:8.2f}")
     print(f"c/b2 (queue, settle and stream alone)         : {cc / b2:8.2f}")
     print(f"c/a (against bare arq)                        : {cc / a:8.2f}")
+    print(f"c/c0 (budgets on against off)                 : {cc / c0:8.2f}")
 
 
 if __name__ == "__main__":
