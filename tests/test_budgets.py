@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from worker.classifier_worker import classifier_worker
 from worker.clickhouse import ClickHouse
 from worker.provider import Completion
 from worker.sink import Sink
-from worker.steps import Call, Handler
+from worker.steps import Call, Handler, Step
 from worker.tier_worker import TierRuntime, tier_worker
 
 CHEAP = Candidate("openai", "gpt-4o-mini")
@@ -200,9 +201,26 @@ async def test_loading_limits_replaces_the_previous_set_and_defaults_fill_the_ga
 # --- in the workers ----------------------------------------------------------------------------------
 
 
-async def _pause(call: Call, proceed: Handler) -> Completion:
-    await asyncio.sleep(0.02)
-    return await proceed(call)
+class _Gate:
+    """Holds every call until at least two workers have calls in flight (at most 5 s), then a little
+    longer, so several workers really race for one budget however their start-up is scheduled."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+        self._several = asyncio.Event()
+
+    def step(self, worker: int) -> Step:
+        async def pause(call: Call, proceed: Handler) -> Completion:
+            self._seen.add(worker)
+            if len(self._seen) > 1:
+                self._several.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._several.wait()
+            await asyncio.sleep(0.02)
+            return await proceed(call)
+
+        return pause
 
 
 @pytest.mark.parametrize("answers", ["as long as allowed", "half as long"])
@@ -222,10 +240,11 @@ async def test_200_jobs_racing_for_a_budget_of_50_never_overspend_it(
     async with open_app(settings) as app:
         await _book(app).set_limits([Customer("acme", monthly_budget=budget)], None, "reject")
         await enqueue(app, path, "race")
-        # Ten workers (as if ten processes, each its own runtime), 20 jobs in flight each; a pause in
-        # front of every call lets each worker's jobs pile up at the budget together.
-        runtimes = [TierRuntime(app.settings.policies, app.redis, app.keys, app.providers(), [_pause])
-                    for _ in range(10)]  # fmt: skip
+        # Ten workers (as if ten processes, each its own runtime), 20 jobs in flight each; a gate in
+        # front of every call lets the workers' jobs pile up at the budget together.
+        gate = _Gate()
+        runtimes = [TierRuntime(app.settings.policies, app.redis, app.keys, app.providers(), [gate.step(i)])
+                    for i in range(10)]  # fmt: skip
         workers = [
             tier_worker(r, "cheap", burst=True, poll_delay=0, handle_signals=False, max_jobs=20) for r in runtimes
         ]
