@@ -29,8 +29,8 @@ from ladder.customers_cmd import add_customers_parser, run_budgets, run_customer
 from ladder.estimate_cmd import add_estimate_parser, run_estimate
 from ladder.eval_cmd import add_eval_parser, run_eval
 from ladder.logs import configure_logging
-from ladder.messages import Rejection
 from ladder.output import FORMATS, render
+from ladder.rejects import RejectsFile
 from ladder.report import Filters, ReportError, Reports
 from ladder.report_cmd import add_report_parser, print_tables, run_report
 from ladder.results import batch_counts, batch_records, result_line
@@ -53,29 +53,12 @@ def _progress(console: Console, *columns: Any) -> Progress:
 
 
 async def _enqueue_file(app: App, path: Path, batch: str, rejects_path: Path, quiet: bool) -> SubmitReport:
-    rejects = rejects_path.open("wb")
-    shown = 0
-
-    def on_reject(r: Rejection) -> None:
-        nonlocal shown
-        rejects.write(_json.encode(r) + b"\n")
-        if shown < 20 and not quiet:
-            err.print(f"[yellow]line {r.line}[/]: {r.reason}", highlight=False)
-        shown += 1
-
-    try:
-        with _progress(err, DownloadColumn()) as bar:
-            task = bar.add_task(f"enqueue {path.name}", total=path.stat().st_size)
-            report = await app.producer().submit_file(
-                path, batch, on_reject, lambda done: bar.update(task, completed=done)
-            )
-            bar.update(task, completed=path.stat().st_size)
-    finally:
-        rejects.close()
-    if report.rejected == 0:
-        rejects_path.unlink(missing_ok=True)
-    elif shown > 20 and not quiet:
-        err.print(f"... {shown - 20} more rejected lines")
+    with RejectsFile(rejects_path, err, show=not quiet) as rejects, _progress(err, DownloadColumn()) as bar:
+        task = bar.add_task(f"enqueue {path.name}", total=path.stat().st_size)
+        report = await app.producer().submit_file(
+            path, batch, rejects.add, lambda done: bar.update(task, completed=done)
+        )
+        bar.update(task, completed=path.stat().st_size)
     return report
 
 

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 from rich.console import Console
@@ -25,6 +24,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from ladder.messages import Rejection
 from ladder.output import FORMATS, render
+from ladder.rejects import RejectsFile
 from ladder.settings import Settings
 from policies.config import PolicyError
 from policies.embedding_router import ExamplesError
@@ -35,7 +35,6 @@ from producer.intake import JobValidator, read_lines
 out = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 _json = msgspec.json.Encoder()
-_SHOWN_REJECTS = 20
 _PROGRESS_EVERY = 4096  # lines between progress-bar updates
 
 
@@ -93,10 +92,10 @@ def estimator(settings: Settings, band: BandRouter | None) -> Estimator:
 
 def _read(path: Path, validator: JobValidator, est: Estimator, rejects_path: Path) -> tuple[int, int]:
     """Every line of the file into the estimator or the rejects file: (lines, rejected)."""
-    lines = rejected = 0
+    lines = 0
     size = path.stat().st_size
     with (
-        rejects_path.open("wb") as rejects,
+        RejectsFile(rejects_path, err) as rejects,
         Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=err
         ) as bar,
@@ -106,24 +105,13 @@ def _read(path: Path, validator: JobValidator, est: Estimator, rejects_path: Pat
             lines += 1
             parsed = validator.parse_line(number, raw)
             if isinstance(parsed, Rejection):
-                rejected += 1
-                _reject(parsed, rejected, rejects)
+                rejects.add(parsed)
             else:
                 est.add(parsed)
             if lines % _PROGRESS_EVERY == 0:
                 bar.update(task, completed=done)
         bar.update(task, completed=size)
-    if rejected == 0:
-        rejects_path.unlink(missing_ok=True)
-    elif rejected > _SHOWN_REJECTS:
-        err.print(f"... {rejected - _SHOWN_REJECTS:,} more rejected lines")
-    return lines, rejected
-
-
-def _reject(r: Rejection, count: int, rejects: BinaryIO) -> None:
-    rejects.write(_json.encode(r) + b"\n")
-    if count <= _SHOWN_REJECTS:
-        err.print(f"[yellow]line {r.line}[/]: {escape(r.reason)}", highlight=False)
+    return lines, rejects.count
 
 
 def _notes(e: Estimate, band_note: str, lines: int, rejected: int, rejects_path: Path) -> list[str]:
