@@ -137,6 +137,7 @@ class Reports:
     def __init__(self, clickhouse: ClickHouse, policies: Policies) -> None:
         self._ch = clickhouse
         self._policies = policies
+        self._tier_rank = {t: i for i, t in enumerate(policies.tier_names)}  # tiers only the data knows: last
 
     def _rows(self, select: str, filters: Filters, tail: str = "") -> list[tuple[Any, ...]]:
         params = {**filters.params(), **CONSTANTS}
@@ -253,13 +254,15 @@ class Reports:
             if status in ("escalated", "failover", "retried", "dead"):
                 counts = per.setdefault((tier, reason or "(none)"), {})
                 counts[status] = counts.get(status, 0) + int(calls)
-        order = {t: i for i, t in enumerate(self._policies.tier_names)}
         out = [
             (tier, reason, c.get("escalated", 0), c.get("failover", 0), c.get("retried", 0), c.get("dead", 0))
-            for (tier, reason), c in sorted(per.items(), key=lambda kv: (order.get(kv[0][0], 99), -sum(kv[1].values())))
+            for (tier, reason), c in sorted(per.items(), key=lambda kv: (self._rank(kv[0][0]), -sum(kv[1].values())))
         ]
         return Table("escalation and fallback by reason", ["tier", "reason", "escalated", "failed_over", "retried_429",
                                                            "dead"], out)  # fmt: skip
+
+    def _rank(self, tier: str) -> int:
+        return self._tier_rank.get(tier, len(self._tier_rank))
 
     def _tiers(self, *seen: dict[str, Any]) -> list[str]:
         """The policies' tiers in order, then any tier only the data knows (an older policies file)."""
@@ -276,9 +279,8 @@ class Reports:
             filters,
             "AND tier != {classify:String} GROUP BY route_source, tier",
         )
-        order = {t: i for i, t in enumerate(self._policies.tier_names)}
         out = []
-        for route, tier, passed, problems, jobs in sorted(rows, key=lambda r: (r[0], order.get(r[1], 99))):
+        for route, tier, passed, problems, jobs in sorted(rows, key=lambda r: (r[0], self._rank(r[1]))):
             answers = int(passed) + int(problems)
             if answers:
                 out.append((route, tier, int(jobs), answers, int(passed), int(problems), _ratio(int(passed), answers)))
