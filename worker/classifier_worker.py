@@ -182,10 +182,6 @@ class ClassifierRuntime:
             await self._settle(task, task_id, similar, None, cache_key=cache_key)
             return similar
         call = await self._ask_model(text)
-        if self.budget is not None and call.completion is not None:  # counted, never refused: routing is ours
-            done = call.completion
-            cost = self.prices.cost(self.candidate, done.input_tokens, done.output_tokens)
-            await self.budget.charge(task.job.customer, cost)
         answer = parse_answer(call.completion.text) if call.completion else None
         tier, reason = self.tier_for(answer)
         counter = "classifier_failures" if answer is None else "classified"
@@ -277,8 +273,10 @@ class ClassifierRuntime:
         record = JobRecord(id=job.id, batch=task.batch, status="queued", first_tier=decision.tier, tier=decision.tier)
         pipe = self.redis.pipeline(transaction=True)
         if call is not None:
-            failed = decision.counter == "classifier_failures"
-            pipe.xadd(keys.outcomes, {"e": ENCODER.encode(self._outcome(task, call, failed))})
+            outcome = self._outcome(task, call, failed=decision.counter == "classifier_failures")
+            if self.budget is not None and call.completion is not None:  # counted, never refused: routing is ours
+                await self.budget.charge(job.customer, outcome.cost)
+            pipe.xadd(keys.outcomes, {"e": ENCODER.encode(outcome)})
         if cache_key is not None:
             pipe.set(cache_key, ENCODER.encode(decision), ex=self.policies.classifier.cache_ttl_s)
         pipe.set(keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
