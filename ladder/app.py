@@ -11,8 +11,11 @@ import structlog
 from arq.connections import ArqRedis, create_pool
 
 from ladder.keys import Keys
+from ladder.messages import Score
 from ladder.queueing import deserialize_arq, serialize_arq
 from ladder.settings import EmbeddedRedis, Settings, redacted_url, redis_settings
+from policies.embedding import Embedder
+from producer.feedback import give_feedback
 from producer.submit import Producer
 from worker.budget import BudgetBook
 from worker.classifier_worker import ClassifierRuntime, EmbeddingStage, classifier_worker
@@ -41,6 +44,10 @@ class App:
     def producer(self) -> Producer:
         return Producer(self.redis, self.settings.policies, self.keys)
 
+    async def feedback(self, job_id: str, score: float, correction: str = "") -> Score:
+        """A score from 0 to 1 on a finished job; raises FeedbackError naming what is wrong."""
+        return await give_feedback(self.redis, self.keys, self.settings.policies, job_id, score, correction)
+
     def providers(self) -> ProviderPool:
         if self._providers is None:
             rate = float(self.settings.env.get("LADDER_SIMULATED_FAILURE_RATE", SIMULATED_FAILURE_RATE))
@@ -58,14 +65,22 @@ class App:
         return TierRuntime(self.settings.policies, self.redis, self.keys, self.providers())
 
     async def classifier_runtime(self) -> ClassifierRuntime:
+        """Each strategy that routes by embeddings gets its examples' router; strategies naming the
+        same embedder share one."""
         policies = self.settings.policies
-        embedding = None
-        if policies.embedding.enabled:
-            embedder = build_embedder(policies.embedding.embedder, policies, self.settings.env)
-            router = await load_embedding_router(policies, embedder, cache_dir(self.settings.data_dir))
-            self._closers.append(embedder.aclose)
-            embedding = EmbeddingStage(embedder, router)
-        return ClassifierRuntime(policies, self.redis, self.keys, self.providers(), embedding)
+        stages: dict[str, EmbeddingStage] = {}
+        embedders: dict[str, Embedder] = {}
+        for name in policies.strategy_names:
+            chosen = policies.for_strategy(name)
+            if not chosen.embedding.enabled:
+                continue
+            spec = chosen.embedding.embedder
+            if spec not in embedders:
+                embedders[spec] = build_embedder(spec, chosen, self.settings.env)
+                self._closers.append(embedders[spec].aclose)
+            router = await load_embedding_router(chosen, embedders[spec], cache_dir(self.settings.data_dir))
+            stages[name] = EmbeddingStage(embedders[spec], router)
+        return ClassifierRuntime(policies, self.redis, self.keys, self.providers(), stages)
 
     def sink(self, batch_size: int = 5000) -> Sink:
         budgets = BudgetBook.for_policies(self.redis, self.keys, self.settings.policies)

@@ -26,6 +26,7 @@ class RouteSource(enum.StrEnum):
     CLASSIFIER = "classifier"
     EMBEDDING = "embedding"
     ESCALATION = "escalation"
+    SHADOW = "shadow"  # the premium tier asked again for a sample of cheap answers, to judge them
 
 
 class Status(enum.StrEnum):
@@ -94,6 +95,8 @@ class TierTask(msgspec.Struct, frozen=True):
     first_tier: str
     attempts: list[Attempt] = []
     strategy: str = "rules-v1"
+    experiment: str = ""  # the experiment that chose the strategy, if any
+    arm: str = ""
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -125,6 +128,8 @@ class Outcome(msgspec.Struct, frozen=True):
     simulated: bool
     final: bool  # this attempt settled the job (ok, or dead on the top tier)
     middle_tier_cost: Decimal = Decimal(0)  # the same tokens on the middle tier's first model
+    experiment: str = ""
+    arm: str = ""
 
 
 class JobRecord(msgspec.Struct, frozen=True):
@@ -144,6 +149,31 @@ class JobRecord(msgspec.Struct, frozen=True):
     path: list[str] = []
     reason: str = ""
     simulated: bool = False
+    # Who and what the job was for, so a score given later (feedback) lands on the right arm.
+    customer: str = ""
+    feature: str = ""
+    task: str = ""
+    strategy: str = ""
+    experiment: str = ""
+    arm: str = ""
+
+
+def job_record(task: TierTask, status: str, **fields: Any) -> JobRecord:
+    """The job's record with who and what it was for taken from its task."""
+    job = task.job
+    return JobRecord(
+        id=job.id,
+        batch=task.batch,
+        status=status,
+        first_tier=fields.pop("first_tier", task.first_tier),
+        customer=job.customer,
+        feature=job.feature,
+        task=job.task.value,
+        strategy=task.strategy,
+        experiment=task.experiment,
+        arm=task.arm,
+        **fields,
+    )
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -152,6 +182,58 @@ class DeadLetter(msgspec.Struct, frozen=True):
     reason: str
     attempts: list[Attempt]
     job: Job
+
+
+class ScoreSource(enum.StrEnum):
+    ESCALATION = "escalation"  # the tier's answer failed the checks: the job needed a higher tier
+    SHADOW = "shadow"  # a cheap answer compared with the premium tier's answer to the same job
+    FEEDBACK = "feedback"  # a person's (or a downstream system's) score
+
+
+class Routing(enum.IntEnum):
+    """Whether the tier the job finished on was the right one, as far as a score can tell."""
+
+    WRONG = 0
+    RIGHT = 1
+    UNKNOWN = -1
+
+
+class Score(msgspec.Struct, frozen=True):
+    """A quality score on one job's answer, streamed to ClickHouse beside the outcomes.
+
+    Scores with a routing mark and a label tier are the loop's labelled examples: `text` is the
+    job's text (cut to policy length) so a new strategy can be built from them without the input file.
+    """
+
+    event_id: str  # one per job and source: a later feedback on the same job replaces the earlier
+    job_id: str
+    batch: str
+    customer: str
+    feature: str
+    task: str
+    strategy: str
+    experiment: str
+    arm: str
+    tier: str  # the tier whose answer is scored
+    source: ScoreSource
+    score: float  # 0..1
+    routing: Routing
+    label_tier: str  # the tier the job should have gone to; "" when the score does not say
+    method: str  # how it was scored: exact, normalized, json, judge, feedback, or the failed check
+    detail: str
+    text: str
+    correction: str
+    at: float  # unix seconds, UTC
+
+
+class ShadowTask(msgspec.Struct, frozen=True):
+    """The payload of an arq job on the shadow queue: a cheap answer to judge against the premium tier."""
+
+    task: TierTask
+    tier: str  # where the cheap answer came from
+    provider: str
+    model: str
+    answer: str
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -165,4 +247,6 @@ class Rejection(msgspec.Struct, frozen=True):
 TIER_TASK_DECODER = msgspec.msgpack.Decoder(TierTask)
 OUTCOME_DECODER = msgspec.msgpack.Decoder(Outcome)
 JOB_RECORD_DECODER = msgspec.msgpack.Decoder(JobRecord)
+SCORE_DECODER = msgspec.msgpack.Decoder(Score)
+SHADOW_TASK_DECODER = msgspec.msgpack.Decoder(ShadowTask)
 ENCODER = msgspec.msgpack.Encoder()

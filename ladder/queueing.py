@@ -17,11 +17,12 @@ import msgspec
 from redis.asyncio import Redis
 
 from ladder.keys import ARQ_JOB_PREFIX, Keys
-from ladder.messages import ENCODER, JobRecord, TierTask
-from policies.config import CLASSIFY_QUEUE
+from ladder.messages import ENCODER, ShadowTask, TierTask, job_record
+from policies.config import CLASSIFY_QUEUE, SHADOW_QUEUE
 
 TIER_FUNCTION = "tier_task"
 CLASSIFY_FUNCTION = "classify_task"
+SHADOW_FUNCTION = "shadow_task"
 ARQ_JOB_TTL_MS = 7 * 24 * 3600 * 1000
 
 _arq_decoder = msgspec.msgpack.Decoder()
@@ -115,7 +116,7 @@ class Enqueuer:
         now_ms = int(time.time() * 1000)
         parts: list[bytes] = []
         for task in tasks:
-            record = JobRecord(id=task.job.id, batch=batch, status="queued", first_tier=task.first_tier)
+            record = job_record(task, "queued")
             parts += [
                 _field(task.job.id.encode()),
                 _field(task.route.tier.encode()),
@@ -144,3 +145,12 @@ def add_to_queue(pipe: Any, keys: Keys, task: TierTask) -> None:
     tid = task_id(task)
     pipe.set(ARQ_JOB_PREFIX + tid, arq_payload(task, now_ms), px=ARQ_JOB_TTL_MS)
     pipe.zadd(keys.queue(task.route.tier), {tid: now_ms})
+
+
+def add_shadow(pipe: Any, keys: Keys, shadow: ShadowTask) -> None:
+    """Queue a shadow evaluation inside the caller's transaction; one per job (its arq id says so)."""
+    now_ms = int(time.time() * 1000)
+    tid = f"{shadow.task.job.id}~{SHADOW_QUEUE}"
+    payload = serialize_arq({"t": None, "f": SHADOW_FUNCTION, "a": [ENCODER.encode(shadow)], "k": {}, "et": now_ms})
+    pipe.set(ARQ_JOB_PREFIX + tid, payload, px=ARQ_JOB_TTL_MS)
+    pipe.zadd(keys.queue(SHADOW_QUEUE), {tid: now_ms})

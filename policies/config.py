@@ -10,11 +10,16 @@ import tomllib
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from policies.drift import DriftPolicy
+from policies.experiments import Experiment, experiment_problem
+from policies.verdict import VerdictPolicy
+
 CLASSIFY_QUEUE = "classify"
+SHADOW_QUEUE = "shadow"
 
 ProviderKind = Literal["anthropic", "openai", "gemini"]
 
@@ -72,6 +77,7 @@ class Classifier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     complex_confidence: float = 0.6  # complex, or confidence below this: top tier
     safe_tier: str = "premium"  # where a job goes when the classifier's answer cannot be used
     cache_ttl_s: int = 7 * 24 * 3600  # how long a prompt's classification is reused
+    prompt: str = ""  # the system prompt; empty: the built-in one (worker/classifier_worker.py)
 
 
 # The classes of answers that came back 200 but are not kept (policies/answer_checks.py decides).
@@ -172,6 +178,38 @@ class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     at_limit: Literal["reject", "downgrade"] = "reject"  # downgrade: a cheaper tier whose estimate still fits
 
 
+class Strategy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A named, versioned routing policy: everything that decides a job's first tier. In the file a
+    strategy names only what differs from the top-level sections (or a `file` holding them)."""
+
+    rules: Rules = Rules()
+    classifier: Classifier = Classifier()
+    embedding: EmbeddingRouting = EmbeddingRouting()
+
+
+class Shadow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Shadow evaluation: a sample of the jobs that finished on a lower tier is asked again on the
+    shadow tier in the background and the two answers compared (policies/shadow.py)."""
+
+    enabled: bool = False
+    sample: float = 0.02  # share of eligible jobs, chosen by a hash of the job id
+    tier: str = ""  # the reference tier; empty: the top tier
+    from_tiers: list[str] = []  # tiers whose answers are sampled; empty: every tier below `tier`
+    judge_provider: str = ""  # the judge of free-text answers; empty: the reference tier's first candidate
+    judge_model: str = ""
+    rubric: str = ""  # the judge's rubric; empty: the built-in one
+    agree_score: float = 0.75  # a judged or field-matched score at least this means the cheap answer was enough
+    bill_customer: bool = False  # shadow calls are Ladder's cost, not the customer's, unless this is set
+
+
+class Learning(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What becomes a labelled example for the next strategy version (`ladder strategy build`)."""
+
+    escalation_labels: bool = True  # an answer that failed the checks labels its job one tier up
+    feedback_low_score: float = 0.5  # feedback below this on a lower tier labels the job one tier up
+    text_chars: int = 2000  # the job's text kept with a label (embedding models read far less)
+
+
 class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tiers: list[Tier]
     providers: dict[str, ProviderConfig] = {}
@@ -184,7 +222,13 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     faults: Faults = Faults()
     embedding: EmbeddingRouting = EmbeddingRouting()
     budgets: Budgets = Budgets()
-    strategy: str = "rules-v1"
+    strategy: str = "rules-v1"  # the name of the top-level rules, classifier and embedding sections
+    strategies: dict[str, Strategy] = {}  # further versions, for experiments and for switching
+    experiments: list[Experiment] = []
+    verdict: VerdictPolicy = VerdictPolicy()
+    shadow: Shadow = Shadow()
+    drift: DriftPolicy = DriftPolicy()
+    learning: Learning = Learning()
 
     @property
     def tier_names(self) -> list[str]:
@@ -198,6 +242,31 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def middle_tier(self) -> Tier:
         """The savings report's second counterfactual: the second of three tiers (of two, the top)."""
         return self.tiers[len(self.tiers) // 2]
+
+    @property
+    def strategy_names(self) -> list[str]:
+        return [self.strategy, *self.strategies]
+
+    def for_strategy(self, name: str) -> Policies:
+        """These policies with the named strategy's routing sections; the top-level ones for the
+        default strategy. An unknown name (a task queued before the strategy was removed) raises KeyError."""
+        if name == self.strategy:
+            return self
+        chosen = self.strategies[name]
+        return msgspec.structs.replace(
+            self, rules=chosen.rules, classifier=chosen.classifier, embedding=chosen.embedding, strategy=name
+        )
+
+    @property
+    def shadow_tier(self) -> str:
+        return self.shadow.tier or self.top_tier.name
+
+    def shadowed_tiers(self) -> list[str]:
+        """The tiers whose answers shadow evaluation samples."""
+        if self.shadow.from_tiers:
+            return list(self.shadow.from_tiers)
+        names = self.tier_names
+        return names[: names.index(self.shadow_tier)]
 
     def tier(self, name: str) -> Tier:
         for t in self.tiers:
@@ -235,7 +304,51 @@ def _check(p: Policies) -> Policies:
     return _check_rules(p)
 
 
+def _check_strategies(p: Policies) -> Policies:
+    if p.strategy in p.strategies:
+        raise PolicyError(f"strategies.{p.strategy}: the top-level sections already are strategy '{p.strategy}'")
+    for name in p.strategy_names:
+        try:
+            _check_routing(p.for_strategy(name), "" if name == p.strategy else f"strategies.{name}.")
+        except PolicyError as e:
+            raise PolicyError(str(e)) from None
+    experiment_names = [e.name for e in p.experiments]
+    if len(set(experiment_names)) != len(experiment_names):
+        raise PolicyError(f"experiments: duplicate names in {experiment_names}")
+    for experiment in p.experiments:
+        problem = experiment_problem(experiment, set(p.strategy_names))
+        if problem is not None:
+            raise PolicyError(problem)
+    return _check_shadow(p)
+
+
+def _check_shadow(p: Policies) -> Policies:
+    s, names = p.shadow, p.tier_names
+    if not 0.0 <= s.sample <= 1.0:
+        raise PolicyError(f"shadow.sample: {s.sample} must be between 0 and 1")
+    if s.tier and s.tier not in names:
+        raise PolicyError(f"shadow.tier: '{s.tier}' is not a tier (tiers: {', '.join(names)})")
+    for tier in s.from_tiers:
+        if tier not in names or names.index(tier) >= names.index(p.shadow_tier):
+            raise PolicyError(f"shadow.from_tiers: '{tier}' is not a tier below the shadow tier '{p.shadow_tier}'")
+    if s.judge_provider and s.judge_provider not in p.providers:
+        raise PolicyError(f"shadow.judge_provider: unknown provider '{s.judge_provider}'")
+    if bool(s.judge_provider) != bool(s.judge_model):
+        raise PolicyError("shadow.judge_provider and shadow.judge_model: give both or neither")
+    if not 0.0 <= s.agree_score <= 1.0:
+        raise PolicyError(f"shadow.agree_score: {s.agree_score} must be between 0 and 1")
+    if not 0.0 <= p.learning.feedback_low_score <= 1.0:
+        raise PolicyError(f"learning.feedback_low_score: {p.learning.feedback_low_score} must be between 0 and 1")
+    return _check_budgets(p)
+
+
 def _check_rules(p: Policies) -> Policies:
+    _check_routing(p, "")
+    return _check_strategies(p)
+
+
+def _check_routing(p: Policies, where: str) -> None:
+    """The routing sections of one strategy; `where` prefixes field names ("strategies.v2.")."""
     names = p.tier_names
     r = p.rules
     for field, value in (
@@ -245,28 +358,34 @@ def _check_rules(p: Policies) -> Policies:
         ("default_tier", r.default_tier),
     ):
         if value not in names:
-            raise PolicyError(f"rules.{field}: '{value}' is not a tier (tiers: {', '.join(names)})")
+            raise PolicyError(f"{where}rules.{field}: '{value}' is not a tier (tiers: {', '.join(names)})")
     unknown = set(p.escalation.keep_on_top_tier) - set(ANSWER_CLASSES)
     if unknown:
         raise PolicyError(f"escalation.keep_on_top_tier: {sorted(unknown)} not among {', '.join(ANSWER_CLASSES)}")
     if p.classifier.safe_tier not in names:
-        raise PolicyError(f"classifier.safe_tier: '{p.classifier.safe_tier}' is not a tier")
+        raise PolicyError(f"{where}classifier.safe_tier: '{p.classifier.safe_tier}' is not a tier")
     if p.classifier.provider not in p.providers:
-        raise PolicyError(f"classifier.provider: unknown provider '{p.classifier.provider}'")
-    return _check_embedding(p)
+        raise PolicyError(f"{where}classifier.provider: unknown provider '{p.classifier.provider}'")
+    _check_embedding(p, where)
 
 
-def _check_embedding(p: Policies) -> Policies:
+def _check_embedding(p: Policies, where: str) -> None:
     e = p.embedding
-    embedder_provider(e.embedder, p.providers)
+    try:
+        embedder_provider(e.embedder, p.providers)
+    except PolicyError as err:
+        raise PolicyError(f"{where}{err}") from None
     if e.k < 1:
-        raise PolicyError(f"embedding.k: {e.k} must be at least 1")
+        raise PolicyError(f"{where}embedding.k: {e.k} must be at least 1")
     if not -1.0 <= e.threshold <= 1.0:
-        raise PolicyError(f"embedding.threshold: {e.threshold} is not a cosine similarity (-1 to 1)")
+        raise PolicyError(f"{where}embedding.threshold: {e.threshold} is not a cosine similarity (-1 to 1)")
     if e.premium_share_target is not None and not 0.0 < e.premium_share_target < 1.0:
-        raise PolicyError(f"embedding.premium_share_target: {e.premium_share_target} must be between 0 and 1")
+        raise PolicyError(f"{where}embedding.premium_share_target: {e.premium_share_target} must be between 0 and 1")
     if e.premium_score is not None and not 0.0 <= e.premium_score <= 1.0:
-        raise PolicyError(f"embedding.premium_score: {e.premium_score} must be between 0 and 1")
+        raise PolicyError(f"{where}embedding.premium_score: {e.premium_score} must be between 0 and 1")
+
+
+def _check_budgets(p: Policies) -> Policies:
     default = p.budgets.default_monthly_usd
     if default is not None and (not default.is_finite() or default < 0):
         raise PolicyError(f"budgets.default_monthly_usd: {default} must be a non-negative amount")
@@ -284,28 +403,90 @@ def examples_path(policies: Policies) -> Path:
 
 def _with_examples(p: Policies, folder: Path | None) -> Policies:
     """Resolve a relative examples path against the policies file's folder; when routing by
-    embeddings is on, check the file now, so a bad line stops start-up with its number."""
+    embeddings is on (in any strategy), check the file now, so a bad line stops start-up with its number."""
     e = p.embedding
     if e.examples and folder is not None and not Path(e.examples).is_absolute():
         p = msgspec.structs.replace(p, embedding=msgspec.structs.replace(e, examples=str(folder / e.examples)))
-    if p.embedding.enabled:
-        from policies.embedding_router import ExamplesError, parse_examples  # numpy: only when enabled
-
-        path = examples_path(p)
-        try:
-            parse_examples(path.read_text(encoding="utf-8"), p.tier_names, str(path))
-        except OSError as err:
-            raise PolicyError(f"embedding.examples: cannot read {path}: {err.strerror}") from None
-        except ExamplesError as err:
-            raise PolicyError(f"embedding.examples: {err}") from None
+    for name in p.strategy_names:
+        chosen = p.for_strategy(name)
+        if chosen.embedding.enabled:
+            _check_examples(chosen, "" if name == p.strategy else f"strategies.{name}.")
     return p
 
 
-def parse_policies(text: str, source: str = "<policies>") -> Policies:
+def _check_examples(p: Policies, where: str) -> None:
+    from policies.embedding_router import ExamplesError, parse_examples  # numpy: only when enabled
+
+    path = examples_path(p)
+    try:
+        parse_examples(path.read_text(encoding="utf-8"), p.tier_names, str(path))
+    except OSError as err:
+        raise PolicyError(f"{where}embedding.examples: cannot read {path}: {err.strerror}") from None
+    except ExamplesError as err:
+        raise PolicyError(f"{where}embedding.examples: {err}") from None
+
+
+ROUTING_SECTIONS = ("rules", "classifier", "embedding")
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _strategy_raw(raw: dict[str, Any], name: str, body: Any, folder: Path | None) -> dict[str, Any]:
+    """A strategy's routing sections: the top-level ones with the strategy's own changes merged in.
+    `file` names a TOML file of such sections (as `ladder strategy build` writes), relative to `folder`."""
+    where = f"strategies.{name}"
+    if not isinstance(body, dict):
+        raise PolicyError(f"{where}: expected a table")
+    body = dict(body)
+    own_folder = folder
+    if "file" in body:
+        file = Path(str(body.pop("file")))
+        if not file.is_absolute() and folder is not None:
+            file = folder / file
+        try:
+            from_file = tomllib.loads(file.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise PolicyError(f"{where}.file: cannot read {file}: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise PolicyError(f"{where}.file: {file} is not valid TOML: {err}") from None
+        body = _merged(from_file, body)
+        own_folder = file.parent
+    unknown = sorted(set(body) - set(ROUTING_SECTIONS))
+    if unknown:
+        raise PolicyError(
+            f"{where}: unknown field(s) {unknown}; a strategy holds {', '.join(ROUTING_SECTIONS)} or file"
+        )
+    sections = {k: _merged(raw.get(k, {}), body.get(k, {})) for k in ROUTING_SECTIONS}
+    examples = str(sections["embedding"].get("examples", ""))
+    if examples and not Path(examples).is_absolute():
+        defined_here = "examples" in body.get("embedding", {})
+        base = own_folder if defined_here else folder
+        if base is not None:
+            sections["embedding"]["examples"] = str(base / examples)
+    return sections
+
+
+def parse_policies(text: str, source: str = "<policies>", folder: Path | None = None) -> Policies:
+    """`folder` is where relative paths in the file (examples, strategy files) are read from."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{source}: not valid TOML: {e}") from None
+    strategies = raw.pop("strategies", {})
+    if not isinstance(strategies, dict):
+        raise PolicyError(f"{source}: strategies: expected a table of named strategies")
+    try:
+        raw["strategies"] = {name: _strategy_raw(raw, name, body, folder) for name, body in strategies.items()}
+    except PolicyError as e:
+        raise PolicyError(f"{source}: {e}") from None
     providers = dict(DEFAULT_PROVIDERS)
     try:
         user_providers = msgspec.convert(raw.pop("providers", {}), dict[str, ProviderConfig], str_keys=True)
@@ -329,4 +510,4 @@ def load_policies(path: str | os.PathLike[str] | None = None) -> Policies:
     p = Path(chosen)
     if not p.is_file():
         raise PolicyError(f"policies file not found: {p}")
-    return _with_examples(parse_policies(p.read_text(encoding="utf-8"), str(p)), p.parent)
+    return _with_examples(parse_policies(p.read_text(encoding="utf-8"), str(p), p.parent), p.parent)

@@ -14,6 +14,7 @@ from ladder.keys import Keys
 from ladder.messages import Job, Rejection, TierTask
 from ladder.queueing import Enqueuer
 from policies.config import Policies
+from policies.experiments import assign
 from policies.rules import RuleRouter
 from producer.intake import JobValidator, read_lines
 
@@ -32,7 +33,7 @@ class SubmitReport(msgspec.Struct):
 class Producer:
     def __init__(self, redis: Redis, policies: Policies, keys: Keys) -> None:
         self._policies = policies
-        self._router = RuleRouter(policies)
+        self._routers = {name: RuleRouter(policies.for_strategy(name)) for name in policies.strategy_names}
         self._validator = JobValidator(policies)
         self._enqueuer = Enqueuer(redis, keys, policies.limits.result_ttl_s * 1000)
         # One chunk in flight while the next is parsed: Redis and Python work at the same time,
@@ -40,8 +41,18 @@ class Producer:
         self._inflight: tuple[asyncio.Task[list[bool]], list[TierTask]] | None = None
 
     def task_for(self, job: Job, batch: str) -> TierTask:
-        route = self._router.route(job)
-        return TierTask(job=job, batch=batch, route=route, first_tier=route.tier, strategy=self._policies.strategy)
+        """The job routed by the rules of its strategy: the default one, or its experiment arm's."""
+        chosen = assign(self._policies.experiments, self._policies.strategy, job)
+        route = self._routers[chosen.strategy].route(job)
+        return TierTask(
+            job=job,
+            batch=batch,
+            route=route,
+            first_tier=route.tier,
+            strategy=chosen.strategy,
+            experiment=chosen.experiment,
+            arm=chosen.arm,
+        )
 
     async def submit(self, jobs: Iterable[Job] | AsyncIterable[Job], batch: str) -> SubmitReport:
         """Route and enqueue many jobs, checked like file lines.

@@ -14,7 +14,7 @@ from policies.injection import steering_attempt
 from tests.fake_provider import FakeProvider
 from tests.helpers import line
 from tests.pipeline import process
-from worker.classifier_worker import ClassifierAnswer, ClassifierRuntime, parse_answer
+from worker.classifier_worker import ClassifierAnswer, parse_answer, tier_for
 
 ADVERSARIAL = Path(__file__).parent / "data" / "adversarial_classifier.jsonl"
 CLASSIFIER = "gpt-4.1-nano"
@@ -23,8 +23,6 @@ LONG = " Give the reasons and the trade-offs, step by step, with examples from p
 
 
 def test_thresholds_are_the_articles(settings: Settings) -> None:
-    rt = ClassifierRuntime.__new__(ClassifierRuntime)
-    rt.policies = settings.policies
     cases = [
         (ClassifierAnswer("simple", 0.9), "cheap"),
         (ClassifierAnswer("simple", 0.8), "standard"),  # > 0.8 is needed for the cheapest tier
@@ -33,7 +31,7 @@ def test_thresholds_are_the_articles(settings: Settings) -> None:
         (ClassifierAnswer("complex", 0.99), "premium"),
         (None, "premium"),  # unusable answer: the safe tier
     ]
-    assert [rt.tier_for(a)[0] for a, _ in cases] == [t for _, t in cases]
+    assert [tier_for(settings.policies, a)[0] for a, _ in cases] == [t for _, t in cases]
 
 
 @pytest.mark.parametrize(

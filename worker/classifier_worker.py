@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,13 +26,13 @@ from arq.connections import ArqRedis
 from ladder.keys import Keys
 from ladder.messages import (
     ENCODER,
-    JobRecord,
     Message,
     Outcome,
     RouteDecision,
     RouteSource,
     Status,
     TierTask,
+    job_record,
 )
 from ladder.queueing import CLASSIFY_FUNCTION, add_to_queue
 from policies.config import CLASSIFY_QUEUE, Candidate, Policies
@@ -107,9 +108,31 @@ class EmbeddingStage:
     router: EmbeddingRouter
 
 
+def tier_for(policies: Policies, answer: ClassifierAnswer | None) -> tuple[str, str]:
+    """The article's thresholds (of the strategy's classifier section) turn an answer into a tier."""
+    c, names = policies.classifier, policies.tier_names
+    if answer is None:
+        return c.safe_tier, UNUSABLE
+    why = f"classifier: {answer.complexity} ({answer.confidence:.2f})"
+    if answer.complexity == "simple" and answer.confidence > c.simple_confidence:
+        return names[0], why
+    if answer.complexity == "complex" or answer.confidence < c.complex_confidence:
+        return names[-1], why
+    return names[(len(names) - 1) // 2], why
+
+
+@dataclass(frozen=True)
+class StrategyRouting:
+    """One strategy's classify step: its thresholds, prompt and model, and its examples if any."""
+
+    policies: Policies  # the policies with this strategy's routing sections
+    candidate: Candidate
+    embedding: EmbeddingStage | None
+
+
 class ClassifierRuntime:
     """Decides in order: a steering guard, the decision cache, embedding similarity (when
-    configured), then the classifier model."""
+    configured), then the classifier model; each with the job's strategy's settings."""
 
     def __init__(
         self,
@@ -117,51 +140,54 @@ class ClassifierRuntime:
         redis: ArqRedis,
         keys: Keys,
         providers: ProviderPool,
-        embedding: EmbeddingStage | None = None,
+        embedding: Mapping[str, EmbeddingStage] | None = None,
     ) -> None:
         self.policies = policies
         self.redis = redis
         self.keys = keys
         self.providers = providers
-        self.embedding = embedding
         self.prices = PriceBook(policies)
         self.budget = BudgetBook.for_policies(redis, keys, policies)
-        self.candidate = Candidate(policies.classifier.provider, policies.classifier.model)
+        stages = embedding or {}
+        self._strategies: dict[str, StrategyRouting] = {}
+        for name in policies.strategy_names:
+            chosen = policies.for_strategy(name)
+            candidate = Candidate(chosen.classifier.provider, chosen.classifier.model)
+            self._strategies[name] = StrategyRouting(chosen, candidate, stages.get(name))
         # Bulk files repeat prompts, and a worker runs many jobs at once: the first job of a prompt
         # asks the model, the others in this process wait for its decision instead of asking again.
         self._inflight: dict[str, asyncio.Future[Decision | None]] = {}
 
-    def tier_for(self, answer: ClassifierAnswer | None) -> tuple[str, str]:
-        c, names = self.policies.classifier, self.policies.tier_names
-        if answer is None:
-            return c.safe_tier, UNUSABLE
-        why = f"classifier: {answer.complexity} ({answer.confidence:.2f})"
-        if answer.complexity == "simple" and answer.confidence > c.simple_confidence:
-            return names[0], why
-        if answer.complexity == "complex" or answer.confidence < c.complex_confidence:
-            return names[-1], why
-        return names[(len(names) - 1) // 2], why
+    def routing(self, strategy: str) -> StrategyRouting:
+        """A strategy no longer in the policies (its jobs were queued before a switch) routes by the default."""
+        known = self._strategies.get(strategy)
+        if known is None:
+            log.warning("unknown strategy, routing by the default", strategy=strategy, default=self.policies.strategy)
+            return self._strategies[self.policies.strategy]
+        return known
 
     async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
         if job_try > 1 and await self.redis.exists(self.keys.settled(task_id)):
             return "already settled"
+        routing = self.routing(task.strategy)
         text = task.job.text()
         steering = steering_attempt(text)
         if steering is not None:
             reason = f"text addresses the classifier ('{steering[:40]}'): safe tier"
-            decision = Decision(self.policies.classifier.safe_tier, RouteSource.RULE, reason, "classifier_guarded")
-            await self._settle(task, task_id, decision, None)
+            safe = routing.policies.classifier.safe_tier
+            decision = Decision(safe, RouteSource.RULE, reason, "classifier_guarded")
+            await self._settle(task, task_id, decision, None, routing)
             return decision.tier
-        digest = prompt_digest(text)
+        digest = prompt_digest(text, task.strategy)
         waiting = self._inflight.get(digest)
         if waiting is not None:  # checked and registered with no await between: one leader per prompt
             decided = await asyncio.shield(waiting)
             if decided is not None:
-                return await self._settle_hit(task, task_id, decided)
+                return await self._settle_hit(task, task_id, decided, routing)
         leader: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
         self._inflight[digest] = leader
         try:
-            decision = await self._decide(task, task_id, text, digest)
+            decision = await self._decide(task, task_id, text, digest, routing)
             leader.set_result(None if decision.counter == "classifier_failures" else decision)
         finally:
             if self._inflight.get(digest) is leader:
@@ -170,60 +196,61 @@ class ClassifierRuntime:
                 leader.set_result(None)  # a failure is not shared: the waiting jobs ask for themselves
         return decision.tier
 
-    async def _decide(self, task: TierTask, task_id: str, text: str, digest: str) -> Decision:
+    async def _decide(self, task: TierTask, task_id: str, text: str, digest: str, routing: StrategyRouting) -> Decision:
         cache_key = self.keys.classify_cache(digest)
         cached = await self.redis.get(cache_key)
         if cached is not None:
             hit = _decision_decoder.decode(cached)
-            await self._settle_hit(task, task_id, hit)
+            await self._settle_hit(task, task_id, hit, routing)
             return hit
-        similar = await self._by_similarity(text)
+        similar = await self._by_similarity(text, routing.embedding)
         if similar is not None:
-            await self._settle(task, task_id, similar, None, cache_key=cache_key)
+            await self._settle(task, task_id, similar, None, routing, cache_key=cache_key)
             return similar
-        call = await self._ask_model(text)
+        call = await self._ask_model(text, routing)
         answer = parse_answer(call.completion.text) if call.completion else None
-        tier, reason = self.tier_for(answer)
+        tier, reason = tier_for(routing.policies, answer)
         counter = "classifier_failures" if answer is None else "classified"
         decision = Decision(tier, RouteSource.CLASSIFIER, reason, counter)
-        await self._settle(task, task_id, decision, call, cache_key=None if answer is None else cache_key)
+        await self._settle(task, task_id, decision, call, routing, cache_key=None if answer is None else cache_key)
         return decision
 
-    async def _by_similarity(self, text: str) -> Decision | None:
+    async def _by_similarity(self, text: str, embedding: EmbeddingStage | None) -> Decision | None:
         """The examples' tier when the text resembles them closely enough; None asks the model."""
-        if self.embedding is None:
+        if embedding is None:
             return None
         try:
-            vectors = await self.embedding.embedder.embed([text])
+            vectors = await embedding.embedder.embed([text])
         except ProviderError as e:  # an embeddings outage only costs the model call it would have saved
             log.warning("embedding failed, asking the classifier model", error=str(e)[:200])
             return None
-        tier = self.embedding.router.route(vectors)
+        tier = embedding.router.route(vectors)
         if tier is None:
             return None
         return Decision(tier, RouteSource.EMBEDDING, f"similar examples vote {tier}", "embedded")
 
-    async def _settle_hit(self, task: TierTask, task_id: str, known: Decision) -> str:
+    async def _settle_hit(self, task: TierTask, task_id: str, known: Decision, routing: StrategyRouting) -> str:
         hit = Decision(known.tier, known.source, known.reason, "classifier_cache_hits")
-        await self._settle(task, task_id, hit, None)
+        await self._settle(task, task_id, hit, None, routing)
         return hit.tier
 
-    async def _ask_model(self, text: str) -> ModelCall:
+    async def _ask_model(self, text: str, routing: StrategyRouting) -> ModelCall:
         fenced = text[:MAX_CLASSIFIED_CHARS].replace("</task>", "</ task>")
+        system = routing.policies.classifier.prompt or CLASSIFIER_PROMPT
         request = CompletionRequest(
-            model=self.candidate.model,
-            messages=[Message("system", CLASSIFIER_PROMPT), Message("user", f"<task>\n{fenced}\n</task>")],
+            model=routing.candidate.model,
+            messages=[Message("system", system), Message("user", f"<task>\n{fenced}\n</task>")],
             max_output_tokens=150,
             json_mode=True,
         )
         call = ModelCall(time.time(), None, None)
         try:
-            call.completion = await self.providers.get(self.candidate.provider).complete(request)
+            call.completion = await self.providers.get(routing.candidate.provider).complete(request)
         except ProviderError as e:
             call.error = e
         return call
 
-    def _outcome(self, task: TierTask, call: ModelCall, failed: bool) -> Outcome:
+    def _outcome(self, task: TierTask, call: ModelCall, failed: bool, candidate: Candidate) -> Outcome:
         job, done = task.job, call.completion
         tokens_in, tokens_out = (done.input_tokens, done.output_tokens) if done else (0, 0)
         error_class = call.error.error_class if call.error else ("invalid_output" if failed else "")
@@ -237,27 +264,35 @@ class ClassifierRuntime:
             route_source=RouteSource.CLASSIFIER,
             intended_tier=CLASSIFY_QUEUE,
             tier=CLASSIFY_QUEUE,
-            provider=self.candidate.provider,
-            model=self.candidate.model,
+            provider=candidate.provider,
+            model=candidate.model,
             attempt=0,
             status=Status.ESCALATED if failed else Status.OK,
             error_class=error_class,
             error_message=str(call.error)[:ERROR_MESSAGE_CHARS] if call.error else "",
             input_tokens=tokens_in,
             output_tokens=tokens_out,
-            cost=self.prices.cost(self.candidate, tokens_in, tokens_out),
+            cost=self.prices.cost(candidate, tokens_in, tokens_out),
             counterfactual_cost=self.prices.counterfactual_cost(tokens_in, tokens_out),
             middle_tier_cost=self.prices.middle_tier_cost(tokens_in, tokens_out),
             latency_ms=(time.time() - call.started) * 1000,
             started_at=call.started,
             finished_at=time.time(),
             strategy=task.strategy,
-            simulated=self.providers.is_simulated(self.candidate.provider),
+            simulated=self.providers.is_simulated(candidate.provider),
             final=False,
+            experiment=task.experiment,
+            arm=task.arm,
         )
 
     async def _settle(
-        self, task: TierTask, task_id: str, decision: Decision, call: ModelCall | None, cache_key: str | None = None
+        self,
+        task: TierTask,
+        task_id: str,
+        decision: Decision,
+        call: ModelCall | None,
+        routing: StrategyRouting,
+        cache_key: str | None = None,
     ) -> None:
         """One transaction: the model call's outcome row (if a model was asked), the decision cached,
         the job queued on its tier with its record updated."""
@@ -269,16 +304,18 @@ class ClassifierRuntime:
             first_tier=decision.tier,
             attempts=task.attempts,
             strategy=task.strategy,
+            experiment=task.experiment,
+            arm=task.arm,
         )
-        record = JobRecord(id=job.id, batch=task.batch, status="queued", first_tier=decision.tier, tier=decision.tier)
+        record = job_record(routed, "queued", tier=decision.tier)
         pipe = self.redis.pipeline(transaction=True)
         if call is not None:
-            outcome = self._outcome(task, call, failed=decision.counter == "classifier_failures")
+            outcome = self._outcome(task, call, decision.counter == "classifier_failures", routing.candidate)
             if self.budget is not None and call.completion is not None:  # counted, never refused: routing is ours
                 await self.budget.charge(job.customer, outcome.cost)
             pipe.xadd(keys.outcomes, {"e": ENCODER.encode(outcome)})
         if cache_key is not None:
-            pipe.set(cache_key, ENCODER.encode(decision), ex=self.policies.classifier.cache_ttl_s)
+            pipe.set(cache_key, ENCODER.encode(decision), ex=routing.policies.classifier.cache_ttl_s)
         pipe.set(keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
         pipe.set(keys.job(job.id), ENCODER.encode(record), px=self.policies.limits.result_ttl_s * 1000)
         pipe.hincrby(keys.batch_counts(task.batch), decision.counter, 1)
@@ -287,10 +324,11 @@ class ClassifierRuntime:
         log.debug("classified", job_id=job.id, tier=decision.tier, reason=decision.reason)
 
 
-def prompt_digest(text: str) -> str:
-    """Equal prompts up to case and whitespace share one classification."""
+def prompt_digest(text: str, strategy: str) -> str:
+    """Equal prompts up to case and whitespace share one classification, within one strategy
+    (another strategy's examples or thresholds may decide the same prompt differently)."""
     normalized = " ".join(text.lower().split())
-    return hashlib.blake2b(normalized.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(f"{strategy}\x00{normalized}".encode(), digest_size=16).hexdigest()
 
 
 _decision_decoder = msgspec.msgpack.Decoder(Decision)

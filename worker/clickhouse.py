@@ -1,7 +1,8 @@
 """ClickHouse: the client (a server over HTTP, or chdb in-process), versioned migrations, inserts.
 
 Tables: `outcomes` (one row per provider call), `outcomes_daily` (a materialized view's daily
-rollup of it, which the reports read) and `customers` (plan, revenue, budget).
+rollup of it, which the reports read), `customers` (plan, revenue, budget) and `scores` (quality
+scores on jobs: escalations, shadow comparisons, feedback; the loop's labelled examples).
 
 Duplicates are handled three times over: the outcomes table is a ReplacingMergeTree keyed on the
 event id; each sink batch carries an insert deduplication token, so a batch re-sent after a crash
@@ -24,13 +25,14 @@ import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from ladder.messages import Outcome
+from ladder.messages import Outcome, Score
 from policies.customers import Customer
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # The event's fields are the table's columns, by name.
 OUTCOME_COLUMNS: tuple[str, ...] = Outcome.__struct_fields__
+SCORE_COLUMNS: tuple[str, ...] = Score.__struct_fields__
 
 # The rollup's dimensions: every report groups and filters on these, and on nothing finer. Its
 # size is what a report reads: one row per day and combination seen, so what only counts (whether a
@@ -151,6 +153,40 @@ MIGRATIONS: list[tuple[str, ...]] = [
         ORDER BY customer
         """,
     ),
+    (
+        # Experiments: the arm of every row; the experiment report reads one experiment's rows.
+        "ALTER TABLE {db}.outcomes ADD COLUMN IF NOT EXISTS experiment LowCardinality(String) DEFAULT ''",
+        "ALTER TABLE {db}.outcomes ADD COLUMN IF NOT EXISTS arm LowCardinality(String) DEFAULT ''",
+        "ALTER TABLE {db}.outcomes ADD INDEX IF NOT EXISTS experiment_idx experiment TYPE set(64) GRANULARITY 4",
+        # Few rows (a sample, escalations, feedback) read whole: no partitions, so a later feedback
+        # on a job replaces the earlier one whatever the month (ReplacingMergeTree keeps the latest `at`).
+        """
+        CREATE TABLE IF NOT EXISTS {db}.scores (
+            event_id String,
+            job_id String,
+            batch LowCardinality(String),
+            customer LowCardinality(String),
+            feature LowCardinality(String),
+            task LowCardinality(String),
+            strategy LowCardinality(String),
+            experiment LowCardinality(String),
+            arm LowCardinality(String),
+            tier LowCardinality(String),
+            source LowCardinality(String),
+            score Float64,
+            routing Int8,
+            label_tier LowCardinality(String),
+            method LowCardinality(String),
+            detail String,
+            text String,
+            correction String,
+            at DateTime64(3, 'UTC'),
+            inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        )
+        ENGINE = ReplacingMergeTree(at)
+        ORDER BY (job_id, event_id)
+        """,
+    ),
 ]
 
 _DECIMAL = pa.decimal128(38, 12)
@@ -161,16 +197,18 @@ def _arrow_column(name: str, values: list[Any]) -> pa.Array:
     if name in ("cost", "counterfactual_cost", "middle_tier_cost"):
         # Decimal(38, 12) keeps 12 places and drops the rest, as ClickHouse does when it parses text.
         return pa.array([v.quantize(_PICO, ROUND_DOWN) for v in values], _DECIMAL)
-    if name in ("started_at", "finished_at"):
+    if name in ("started_at", "finished_at", "at"):
         return pa.array(values, pa.float64())  # unix seconds; ClickHouse keeps the milliseconds
-    if name in ("route_source", "status"):
+    if name in ("route_source", "status", "source"):
         return pa.array([v.value for v in values], pa.string())
+    if name == "routing":
+        return pa.array([int(v) for v in values], pa.int8())
     return pa.array(values)
 
 
-def _arrow_table(outcomes: Sequence[Outcome]) -> pa.Table:
-    columns = [_arrow_column(name, [getattr(o, name) for o in outcomes]) for name in OUTCOME_COLUMNS]
-    return pa.Table.from_arrays(columns, names=list(OUTCOME_COLUMNS))
+def _arrow_table(rows: Sequence[Outcome] | Sequence[Score], columns: tuple[str, ...]) -> pa.Table:
+    arrays = [_arrow_column(name, [getattr(r, name) for r in rows]) for name in columns]
+    return pa.Table.from_arrays(arrays, names=list(columns))
 
 
 CUSTOMER_COLUMNS = ("customer", "plan", "revenue_per_month", "revenue_per_request", "monthly_budget", "at_limit")
@@ -212,7 +250,7 @@ class ClickHouse:
         """One insert of the whole batch, as an Arrow table: ClickHouse reads Arrow columns several
         times faster than JSON or the native protocol built value by value in Python."""
         token = hashlib.sha256("\n".join(o.event_id for o in outcomes).encode()).hexdigest()
-        table = _arrow_table(outcomes)
+        table = _arrow_table(outcomes, OUTCOME_COLUMNS)
         with self._lock:
             self.client.insert_arrow(
                 f"{self.database}.outcomes",
@@ -226,6 +264,12 @@ class ClickHouse:
                     "parallel_view_processing": 1,
                 },
             )
+
+    def insert_scores(self, scores: Sequence[Score]) -> None:
+        """Scores need no more than the table's own replacing: nothing is rolled up from them."""
+        table = _arrow_table(scores, SCORE_COLUMNS)
+        with self._lock:
+            self.client.insert_arrow(f"{self.database}.scores", table)
 
     def stored_event_ids(self, outcomes: Sequence[Outcome]) -> set[str]:
         """Which of these events are stored already: a lookup by the table's sort key (day, customer,

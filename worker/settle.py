@@ -18,19 +18,25 @@ from ladder.messages import (
     ENCODER,
     Attempt,
     DeadLetter,
-    JobRecord,
     Outcome,
     RouteDecision,
     RouteSource,
+    Routing,
+    Score,
+    ScoreSource,
+    ShadowTask,
     Status,
     TierTask,
+    job_record,
 )
-from ladder.queueing import add_to_queue
+from ladder.queueing import add_shadow, add_to_queue
 from policies.config import Policies
+from policies.experiments import bucket
 from worker.provider import BadAnswer, BadRequest, Completion, ProviderError
 from worker.steps import Call
 
 SETTLED_TTL_S = 7 * 24 * 3600
+SHADOW_SALT = "shadow"
 ERROR_MESSAGE_CHARS = 300
 
 
@@ -84,6 +90,34 @@ def outcome_event(
         strategy=task.strategy,
         simulated=simulated,
         final=status in (Status.OK, Status.DEAD),
+        experiment=task.experiment,
+        arm=task.arm,
+    )
+
+
+def escalation_score(call: Call, error: BadAnswer, next_tier: str, text_chars: int) -> Score:
+    """An answer that failed the checks labels its job for a higher tier: a labelled example for the loop."""
+    task, job = call.task, call.task.job
+    return Score(
+        event_id=f"{job.id}#escalation@{call.tier}",
+        job_id=job.id,
+        batch=task.batch,
+        customer=job.customer,
+        feature=job.feature,
+        task=job.task.value,
+        strategy=task.strategy,
+        experiment=task.experiment,
+        arm=task.arm,
+        tier=call.tier,
+        source=ScoreSource.ESCALATION,
+        score=0.0,
+        routing=Routing.WRONG,
+        label_tier=next_tier,
+        method=error.error_class,
+        detail=str(error)[:ERROR_MESSAGE_CHARS],
+        text=job.text()[:text_chars],
+        correction="",
+        at=time.time(),
     )
 
 
@@ -93,6 +127,13 @@ class Settler:
         self._keys = keys
         self._policies = policies
         self._record_ttl_ms = policies.limits.result_ttl_s * 1000
+        shadow = policies.shadow
+        self._shadowed = frozenset(policies.shadowed_tiers()) if shadow.enabled and shadow.sample > 0 else frozenset()
+
+    def shadowed(self, tier: str, job_id: str) -> bool:
+        """Whether this job's answer from `tier` is sampled for shadow evaluation: a hash of the job
+        id, so the sample rate holds over any set of ids and a re-run samples the same jobs."""
+        return tier in self._shadowed and bucket(SHADOW_SALT, job_id) < self._policies.shadow.sample
 
     def _status(self, tier: str, error: ProviderError | None) -> Status:
         if error is None:
@@ -132,11 +173,9 @@ class Settler:
         next_tier = self._policies.next_tier(call.tier) if status is Status.ESCALATED else None
         attempts = [*task.attempts, *earlier, _attempt(call, status, error, completion)]
         outcome = outcome_event(call, status, error, completion, simulated)
-        record = JobRecord(
-            id=task.job.id,
-            batch=task.batch,
-            status={Status.OK: "ok", Status.DEAD: "dead"}.get(status, "queued"),
-            first_tier=task.first_tier,
+        record = job_record(
+            task,
+            {Status.OK: "ok", Status.DEAD: "dead"}.get(status, "queued"),
             tier=next_tier or call.tier,
             provider=call.candidate.provider,
             model=call.candidate.model,
@@ -165,14 +204,27 @@ class Settler:
                     first_tier=task.first_tier,
                     attempts=attempts,
                     strategy=task.strategy,
+                    experiment=task.experiment,
+                    arm=task.arm,
                 ),
             )
             pipe.hincrby(counts, "escalations", 1)
+            if isinstance(error, BadAnswer) and self._policies.learning.escalation_labels:
+                score = escalation_score(call, error, next_tier, self._policies.learning.text_chars)
+                pipe.xadd(keys.outcomes, {"s": ENCODER.encode(score)})
         else:
             if status is Status.DEAD:
                 letter = DeadLetter(task.job.id, task.batch, record.reason, attempts, task.job)
                 pipe.xadd(keys.deadletter, {"d": ENCODER.encode(letter)})
             pipe.hincrby(counts, status.value, 1)
             pipe.hincrby(counts, "final", 1)
+            if (
+                status is Status.OK
+                and error is None
+                and completion is not None
+                and self.shadowed(call.tier, task.job.id)
+            ):
+                answer = ShadowTask(task, call.tier, call.candidate.provider, call.candidate.model, completion.text)
+                add_shadow(pipe, keys, answer)
         await pipe.execute()
         return status

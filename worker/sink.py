@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ladder.keys import Keys
-from ladder.messages import OUTCOME_DECODER, Outcome
+from ladder.messages import OUTCOME_DECODER, SCORE_DECODER, Outcome, Score
 from worker.budget import BudgetBook
 from worker.clickhouse import ClickHouse
 
@@ -33,6 +33,7 @@ CLAIM_IDLE_MS = 60_000
 @dataclass
 class SinkStats:
     inserted: int = 0
+    scores: int = 0
     batches: int = 0
     malformed: int = 0
     replayed: int = 0  # events of a replayed batch found already stored, not inserted again
@@ -145,14 +146,19 @@ class Sink:
         claimed ones) may already be stored, perhaps as part of a differently composed batch that
         the deduplication token cannot recognise: those events are looked up and dropped."""
         outcomes: dict[str, Outcome] = {}
+        scores: dict[str, Score] = {}
         ids = [entry_id for entry_id, _ in entries]
         pipe = self._redis.pipeline(transaction=True)
         for entry_id, fields in entries:
             try:
+                if b"s" in fields:  # a score travels the same stream, so it is acked by the same rules
+                    score = SCORE_DECODER.decode(fields[b"s"])
+                    scores[score.event_id] = score
+                    continue
                 outcome = OUTCOME_DECODER.decode(fields[b"e"])
             except (KeyError, msgspec.DecodeError) as e:
                 self.stats.malformed += 1
-                log.error("malformed outcome event set aside", entry=str(entry_id), error=str(e))
+                log.error("malformed event set aside", entry=str(entry_id), error=str(e))
                 aside: dict[Any, Any] = {**fields, b"reason": str(e).encode()}
                 pipe.xadd(self._keys.malformed_outcomes, aside)
                 continue
@@ -164,9 +170,12 @@ class Sink:
             self.stats.replayed += len(stored)
         if outcomes:
             await asyncio.to_thread(self._ch.insert_outcomes, list(outcomes.values()))
+        if scores:
+            await asyncio.to_thread(self._ch.insert_scores, list(scores.values()))
         pipe.xack(self._keys.outcomes, self._keys.sink_group, *ids)
         pipe.xdel(self._keys.outcomes, *ids)
         await pipe.execute()
         self.stats.inserted += len(outcomes)
+        self.stats.scores += len(scores)
         self.stats.batches += 1
         log.debug("batch inserted", rows=len(outcomes))
