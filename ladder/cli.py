@@ -28,6 +28,7 @@ from ladder.calibrate_cmd import add_calibrate_parser, run_calibrate
 from ladder.customers_cmd import add_customers_parser, run_budgets, run_customers
 from ladder.estimate_cmd import add_estimate_parser, run_estimate
 from ladder.eval_cmd import add_eval_parser, run_eval
+from ladder.feedback_cmd import add_feedback_parser, run_feedback
 from ladder.logs import configure_logging
 from ladder.output import FORMATS, render
 from ladder.rejects import RejectsFile
@@ -222,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_estimate_parser(sub)
     add_customers_parser(sub)
+    add_feedback_parser(sub)
     return p
 
 
@@ -241,6 +243,7 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]
     "report": run_report,
     "customers": run_customers,
     "budgets": run_budgets,
+    "feedback": run_feedback,
 }
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+import msgspec
 from redis.asyncio import Redis
 
 from ladder.keys import Keys
-from ladder.messages import ENCODER, JOB_RECORD_DECODER, JobRecord, Routing, Score, ScoreSource
+from ladder.messages import ENCODER, JOB_RECORD_DECODER, JobRecord, Rejection, Routing, Score, ScoreSource
 from policies.config import Policies
+from producer.intake import excerpt, read_lines
 
 CORRECTION_CHARS = 20_000
 
@@ -68,3 +72,71 @@ async def give_feedback(
     scored = feedback_score(JOB_RECORD_DECODER.decode(raw), policies, score, correction, time.time())
     await redis.xadd(keys.outcomes, {"s": ENCODER.encode(scored)})
     return scored
+
+
+class FeedbackLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    job_id: str
+    score: float
+    correction: str = ""
+
+
+class FeedbackReport(msgspec.Struct):
+    lines: int = 0
+    stored: int = 0
+    rejected: int = 0
+
+
+_line_decoder = msgspec.json.Decoder(FeedbackLine)
+CHUNK = 500
+
+
+async def give_feedback_file(
+    redis: Redis, keys: Keys, policies: Policies, path: Path, on_reject: Callable[[Rejection], None]
+) -> FeedbackReport:
+    """JSONL lines {"job_id", "score", "correction"?}: each bad line goes to `on_reject` with its
+    number and reason, in file order; the good ones are stored, a chunk of lines per round trip."""
+    report = FeedbackReport()
+    chunk: list[tuple[int, bytes, FeedbackLine | str]] = []
+    for number, raw, _ in read_lines(path):
+        report.lines += 1
+        text = raw.strip()
+        try:
+            chunk.append((number, text, _line_decoder.decode(text)))
+        except msgspec.DecodeError as e:
+            chunk.append((number, text, f"invalid feedback line: {e}"))
+        if len(chunk) >= CHUNK:
+            await _store_chunk(redis, keys, policies, chunk, report, on_reject)
+    await _store_chunk(redis, keys, policies, chunk, report, on_reject)
+    return report
+
+
+async def _store_chunk(
+    redis: Redis,
+    keys: Keys,
+    policies: Policies,
+    chunk: list[tuple[int, bytes, FeedbackLine | str]],
+    report: FeedbackReport,
+    on_reject: Callable[[Rejection], None],
+) -> None:
+    if not chunk:
+        return
+    ids = [keys.job(line.job_id) for _, _, line in chunk if isinstance(line, FeedbackLine)]
+    records = iter(await redis.mget(ids) if ids else [])
+    now = time.time()
+    pipe = redis.pipeline(transaction=False)
+    for number, text, line in chunk:
+        try:
+            if isinstance(line, str):
+                raise FeedbackError(line)
+            raw = next(records)
+            if raw is None:
+                raise FeedbackError(f"job {line.job_id!r}: no record (unknown, or older than limits.result_ttl_s)")
+            scored = feedback_score(JOB_RECORD_DECODER.decode(raw), policies, line.score, line.correction, now)
+        except FeedbackError as e:
+            report.rejected += 1
+            on_reject(Rejection(number, str(e), excerpt(text)))
+            continue
+        pipe.xadd(keys.outcomes, {"s": ENCODER.encode(scored)})
+        report.stored += 1
+    await pipe.execute()
+    chunk.clear()

@@ -61,16 +61,17 @@ class JobValidator:
         try:
             job = _job_decoder.decode(text)
         except msgspec.ValidationError as e:
-            return Rejection(number, f"invalid job: {e}", _excerpt(text))
+            return Rejection(number, f"invalid job: {e}", excerpt(text))
         except msgspec.DecodeError as e:
-            return Rejection(number, f"not valid JSON: {e}", _excerpt(text))
+            return Rejection(number, f"not valid JSON: {e}", excerpt(text))
         problem = self.problem(job)
         if problem is not None:
-            return Rejection(number, problem, _excerpt(text))
+            return Rejection(number, problem, excerpt(text))
         return job
 
 
-def _excerpt(raw: bytes) -> str:
+def excerpt(raw: bytes) -> str:
+    """The start of a bad line, as kept with its rejection."""
     return raw[:REJECT_TEXT_CHARS].decode("utf-8", errors="replace")
 
 
