@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import msgspec
 
 
-class DriftPolicy(msgspec.Struct, frozen=True):
+class DriftPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_routing_accuracy: float = 0.9
     min_samples: int = 50  # judged comparisons in a window before it is judged
     window_days: int = 7

@@ -42,7 +42,7 @@ class ArmFigures(msgspec.Struct, frozen=True):
     feedback: Mean  # scores in 0..1
 
 
-class VerdictPolicy(msgspec.Struct, frozen=True):
+class VerdictPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     confidence: float = 0.95
     min_jobs_per_arm: int = 200
     quality_margin: float = 0.02  # non-inferiority margin: 2 points of a rate, 0.02 of a feedback score
