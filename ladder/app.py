@@ -22,6 +22,7 @@ from worker.classifier_worker import ClassifierRuntime, EmbeddingStage, classifi
 from worker.clickhouse import ClickHouse
 from worker.embedders import build_embedder
 from worker.providers import ProviderPool
+from worker.shadow_worker import ShadowRuntime, shadow_worker
 from worker.sink import Sink
 from worker.tier_worker import TierRuntime, tier_worker
 from worker.vector_cache import cache_dir, load_embedding_router
@@ -64,6 +65,9 @@ class App:
     def tier_runtime(self) -> TierRuntime:
         return TierRuntime(self.settings.policies, self.redis, self.keys, self.providers())
 
+    def shadow_runtime(self) -> ShadowRuntime:
+        return ShadowRuntime(self.settings.policies, self.redis, self.keys, self.providers())
+
     async def classifier_runtime(self) -> ClassifierRuntime:
         """Each strategy that routes by embeddings gets its examples' router; strategies naming the
         same embedder share one."""
@@ -83,8 +87,12 @@ class App:
         return ClassifierRuntime(policies, self.redis, self.keys, self.providers(), stages)
 
     def sink(self, batch_size: int = 5000) -> Sink:
-        budgets = BudgetBook.for_policies(self.redis, self.keys, self.settings.policies)
-        return Sink(self.redis, self.keys, self.clickhouse(), batch_size=batch_size, budgets=budgets)
+        policies = self.settings.policies
+        budgets = BudgetBook.for_policies(self.redis, self.keys, policies)
+        return Sink(
+            self.redis, self.keys, self.clickhouse(), batch_size=batch_size, budgets=budgets,
+            billed_shadow=policies.shadow.bill_customer,
+        )  # fmt: skip
 
     async def aclose(self) -> None:
         if self._providers is not None:
@@ -93,11 +101,14 @@ class App:
             await close()
 
     async def workers_until(self, done: asyncio.Event, tiers: list[str], classifier: bool) -> None:
-        """Run tier (and classifier) workers in this process until `done` is set."""
+        """Run tier (and classifier) workers in this process until `done` is set, and a shadow
+        worker when the policies enable shadow evaluation."""
         runtime = self.tier_runtime()
         workers = [tier_worker(runtime, t, handle_signals=False) for t in tiers]
         if classifier:
             workers.append(classifier_worker(await self.classifier_runtime(), handle_signals=False))
+        if self.settings.policies.shadow.enabled:
+            workers.append(shadow_worker(self.shadow_runtime(), handle_signals=False))
         tasks = [asyncio.create_task(w.main()) for w in workers]
         try:
             await done.wait()

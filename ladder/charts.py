@@ -1,4 +1,5 @@
-"""Pictures of the spend, savings and routing reports, as PNG bytes (matplotlib, no display needed).
+"""Pictures of the spend, savings, routing and routing accuracy reports, as PNG bytes (matplotlib, no display
+needed).
 
 Each chart takes the report's Table, so a chart always shows exactly what the table says.
 """
@@ -6,6 +7,7 @@ Each chart takes the report's Table, so a chart always shows exactly what the ta
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -13,7 +15,7 @@ from matplotlib.ticker import FuncFormatter
 
 from ladder.report import Table
 
-BLUE, ORANGE, GREY, GREEN, RED = "#3b6ea8", "#e08a2c", "#9a9a9a", "#4d9a5b", "#c0392b"
+BLUE, ORANGE, GREY, GREEN, RED, PURPLE = "#3b6ea8", "#e08a2c", "#9a9a9a", "#4d9a5b", "#c0392b", "#8e6bb8"
 MOST_BARS = 15
 GROUPED_DAYS = 14
 
@@ -61,6 +63,7 @@ def savings_chart(table: Table) -> bytes:
     days = [str(d) for d in _column(table, "day")]
     model = [float(v) for v in _column(table, "model_cost")]
     classifier = [float(v) for v in _column(table, "classifier_cost")]
+    shadow = [float(v) for v in _column(table, "shadow_cost")]
     top_name = next(c for c in table.columns if c.startswith("all_"))
     top = [float(v) for v in _column(table, top_name)]
     middle_names = [c for c in table.columns if c.startswith("all_") and c != top_name]
@@ -73,6 +76,9 @@ def savings_chart(table: Table) -> bytes:
     ax.bar([i - width if grouped else i for i in x], model, width, color=BLUE, label="actual: model calls")
     ax.bar([i - width if grouped else i for i in x], classifier, width, bottom=model, color=ORANGE,
            label="actual: classifier")  # fmt: skip
+    if any(shadow):
+        ax.bar([i - width if grouped else i for i in x], shadow, width, color=PURPLE, label="actual: shadow evaluation",
+               bottom=[m + c for m, c in zip(model, classifier, strict=True)])  # fmt: skip
     top_label = top_name.replace("_", " ") + " (counterfactual)"
     if grouped:
         if middle:
@@ -86,8 +92,10 @@ def savings_chart(table: Table) -> bytes:
     ax.yaxis.set_major_formatter(FuncFormatter(_dollars))
     ax.set_ylim(bottom=0)
     total = next((r for r in table.rows if r[0] == "TOTAL"), None)
-    saved = f": saved {_dollars(float(total[6]))} ({total[7]}%)" if total else ""
-    ax.set_title(table.title + saved, loc="left", pad=28)
+    saved_at, share_at = table.columns.index("saved"), table.columns.index("saved_%")
+    saved = f": saved {_dollars(float(total[saved_at]))} ({total[share_at]}%)" if total else ""
+    legend_rows = math.ceil(len(ax.get_legend_handles_labels()[0]) / 4)
+    ax.set_title(table.title + saved, loc="left", pad=16 + 12 * legend_rows)
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)
@@ -115,5 +123,30 @@ def routing_chart(split: Table) -> bytes:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
     ax.set_title(split.title, loc="left")
     ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def accuracy_chart(table: Table, minimum: float) -> bytes:
+    """Routing accuracy per day (the table of all strategies together) with its interval, against the
+    drift minimum; alert days in red."""
+    days = [str(d) for d in _column(table, "day")]
+    accuracy = [float(v) for v in _column(table, "accuracy_%")]
+    low = [float(v) for v in _column(table, "ci95_low_%")]
+    high = [float(v) for v in _column(table, "ci95_high_%")]
+    alerts = [v == "ALERT" for v in _column(table, "drift")]
+    fig = Figure(figsize=(max(7, 0.35 * len(days) + 3), 4.5))
+    ax = fig.subplots()
+    x = list(range(len(days)))
+    ax.fill_between(x, low, high, color=BLUE, alpha=0.2, label="95% CI")
+    ax.plot(x, accuracy, color=BLUE, marker="o", label="routing accuracy")
+    ax.scatter([i for i in x if alerts[i]], [a for a, alert in zip(accuracy, alerts, strict=True) if alert],
+               color=RED, zorder=3, label="drift alert")  # fmt: skip
+    ax.axhline(minimum * 100, color=RED, linestyle="--", label=f"drift minimum {minimum * 100:g}%")
+    ax.set_xticks(x, days, rotation=45 if len(days) > 6 else 0, ha="right" if len(days) > 6 else "center")
+    ax.set_ylabel("% of judged shadow comparisons")
+    ax.set_ylim(0, 100)
+    ax.set_title(table.title, loc="left", pad=28)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)

@@ -36,10 +36,12 @@ from ladder.report import Filters, ReportError, Reports
 from ladder.report_cmd import add_report_parser, print_tables, run_report
 from ladder.results import batch_counts, batch_records, result_line
 from ladder.settings import Settings
-from policies.config import CLASSIFY_QUEUE, PolicyError
+from ladder.strategy_cmd import add_strategy_parser, run_strategy
+from policies.config import CLASSIFY_QUEUE, SHADOW_QUEUE, PolicyError
 from producer.submit import SubmitReport
 from worker.classifier_worker import classifier_worker
 from worker.providers import MissingKeyError
+from worker.shadow_worker import shadow_worker
 from worker.tier_worker import tier_worker
 
 log = structlog.get_logger("ladder")
@@ -89,6 +91,10 @@ async def cmd_worker(app: App, args: argparse.Namespace) -> int:
         worker = classifier_worker(
             await app.classifier_runtime(), burst=args.burst, max_jobs=args.concurrency, poll_delay=args.poll_delay
         )
+    elif args.shadow:
+        worker = shadow_worker(
+            app.shadow_runtime(), burst=args.burst, max_jobs=args.concurrency, poll_delay=args.poll_delay
+        )
     else:
         if args.tier not in app.settings.policies.tier_names:
             err.print(f"--tier: '{args.tier}' is not a tier ({', '.join(app.settings.policies.tier_names)})")
@@ -113,15 +119,30 @@ async def cmd_sink(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _wait_settled(app: App, batch: str, done: asyncio.Event) -> dict[str, int]:
+async def _wait_settled(app: App, batch: str) -> dict[str, int]:
     with _progress(err, MofNCompleteColumn()) as bar:
         task = bar.add_task("jobs settled", total=None)
         while True:
             counts = await batch_counts(app.redis, app.keys, batch)
             bar.update(task, total=counts.get("accepted", 0), completed=counts.get("final", 0))
             if counts.get("final", 0) >= counts.get("accepted", 0):
-                done.set()
                 return counts
+            await asyncio.sleep(0.2)
+
+
+async def _wait_shadow_drained(app: App) -> None:
+    """Every job's settle queued its shadow task in the same transaction, so once the jobs are
+    settled the queue only shrinks; arq removes a task from it when the task finishes, not when
+    it starts, so an empty queue also means nothing is in flight."""
+    if not app.settings.policies.shadow.enabled:
+        return  # no shadow worker runs here: tasks left by earlier runs wait for `ladder worker --shadow`
+    queue = app.keys.queue(SHADOW_QUEUE)
+    if not await app.redis.zcard(queue):
+        return
+    with _progress(err, TextColumn("{task.completed:,.0f} left")) as bar:
+        task = bar.add_task("shadow evaluations", total=None)
+        while left := await app.redis.zcard(queue):
+            bar.update(task, completed=left)
             await asyncio.sleep(0.2)
 
 
@@ -139,7 +160,9 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
     done = asyncio.Event()
     tiers = app.settings.policies.tier_names
     workers = asyncio.create_task(app.workers_until(done, tiers, classifier=True))
-    counts = await _wait_settled(app, batch, done)
+    counts = await _wait_settled(app, batch)
+    await _wait_shadow_drained(app)
+    done.set()
     await workers
     stop_sink.set()
     await sink_task
@@ -199,10 +222,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", required=True)
     e.add_argument("--rejects", help="where bad lines go (default: FILE.rejects.jsonl)")
     fmt(e)
-    w = sub.add_parser("worker", help="run a tier worker or the classifier worker")
+    w = sub.add_parser("worker", help="run a tier worker, the classifier worker or the shadow worker")
     g = w.add_mutually_exclusive_group(required=True)
     g.add_argument("--tier")
     g.add_argument("--classifier", action="store_true", help=f"consume the {CLASSIFY_QUEUE} queue")
+    g.add_argument("--shadow", action="store_true", help=f"consume the {SHADOW_QUEUE} queue (shadow evaluation)")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.add_argument("--concurrency", type=int, default=64, help="jobs in flight in this process")
     w.add_argument("--poll-delay", type=float, default=0.05, help="seconds between queue polls")
@@ -224,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     add_estimate_parser(sub)
     add_customers_parser(sub)
     add_feedback_parser(sub)
+    add_strategy_parser(sub)
     return p
 
 
@@ -232,6 +257,7 @@ OFFLINE: dict[str, Callable[[argparse.Namespace], int]] = {
     "calibrate": run_calibrate,
     "eval": run_eval,
     "estimate": run_estimate,
+    "strategy": run_strategy,  # reads ClickHouse only: no Redis to open
 }
 
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]]] = {

@@ -1,7 +1,8 @@
 """The Grafana dashboard: the reports' own queries for the ClickHouse data source plugin.
 
-Every panel reads the daily rollup through `rollup_query` and the figures of ladder/report.py; only
-the query parameters change hands. The reports pass them to ClickHouse; here they become what the
+Every panel reads the daily rollup through `rollup_query` and the figures of ladder/report.py (the
+routing accuracy panel the scores, through `scores_query` and ladder/report_scores.py); only the
+query parameters change hands. The reports pass them to ClickHouse; here they become what the
 plugin (grafana-clickhouse-datasource, v4 query model: `editorType: sql`, `rawSql`) fills in: the
 time picker's range as UTC days and the dashboard variables. Regenerate the committed file with
 
@@ -17,7 +18,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from ladder.messages import Status
-from ladder.report import CONSTANTS, LATENCY_QUANTILES, SAVINGS_FIGURES, SPEND_BY, SPEND_FIGURES, rollup_query
+from ladder.report import (
+    CONSTANTS,
+    LATENCY_QUANTILES,
+    SAVINGS_FIGURES,
+    SPEND_BY,
+    SPEND_FIGURES,
+    rollup_query,
+    scores_query,
+)
+from ladder.report_scores import JUDGED_SHADOW, RIGHT
 from policies.config import Policies, default_policies_text, load_policies, parse_policies
 
 PLUGIN = "grafana-clickhouse-datasource"
@@ -60,6 +70,8 @@ def grafana_sql(sql: str) -> str:
 def _literal(value: Any) -> str:
     if isinstance(value, str):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
     raise TypeError(f"no SQL literal for {value!r}")
@@ -73,7 +85,7 @@ def _ratio(part: str, whole: str) -> str:
 # The panels' queries, by panel: fixed text only (the filters are Grafana's variables, quoted by
 # Grafana). Aliases never reuse a column's name: ClickHouse would read the alias inside the other
 # expressions of the same SELECT.
-_ACTUAL = f"{SAVINGS_FIGURES['model_cost']} + {SAVINGS_FIGURES['classifier_cost']}"
+_ACTUAL = " + ".join(SAVINGS_FIGURES[k] for k in ("model_cost", "classifier_cost", "shadow_cost"))
 _ALL_TOP = SAVINGS_FIGURES["all_top"]
 _SPEND_LABELS = {
     "requests": "requests",
@@ -146,6 +158,10 @@ def queries(tiers: Sequence[str]) -> dict[str, str]:
             f"round(toFloat64({LATENCY_QUANTILES}[2]), 1) AS p95_ms",
             "AND error_class != {over_budget:String} GROUP BY time, model_name ORDER BY time, model_name",
         ),
+        "routing_accuracy": scores_query(
+            f'SELECT toDate(at) AS time,\n{_ratio(RIGHT, "count()")} AS "routing accuracy %"',
+            f"{JUDGED_SHADOW} GROUP BY time ORDER BY time",
+        ),
     }
 
 
@@ -195,7 +211,18 @@ def _series(label: str, unit: str, bars: bool) -> dict[str, Any]:
     }
 
 
-def panels(tiers: Sequence[str]) -> list[dict[str, Any]]:
+def _floor(minimum: float) -> dict[str, Any]:
+    """Field config of a percentage with a dashed line at `minimum` (red below it)."""
+    steps = [{"color": "red", "value": None}, {"color": "green", "value": minimum}]
+    return {
+        "defaults": {"unit": "percent", "min": 0, "max": 100, "thresholds": {"mode": "absolute", "steps": steps},
+                     "custom": {"thresholdsStyle": {"mode": "dashed"}}},
+        "overrides": [],
+    }  # fmt: skip
+
+
+def panels(tiers: Sequence[str], drift_minimum: float = 0.9) -> list[dict[str, Any]]:
+    """`drift_minimum`: the policies' minimum routing accuracy (0..1), drawn on the accuracy panel."""
     sql = queries(tiers)
     table = {"showHeader": True, "footer": {"show": True, "reducer": ["sum"], "fields": ""}}
     below = {"displayMode": "list", "placement": "bottom"}
@@ -243,6 +270,12 @@ def panels(tiers: Sequence[str]) -> list[dict[str, Any]]:
                fieldConfig=_series("model_name", "ms", bars=False),
                options={"legend": {"displayMode": "table", "placement": "right", "calcs": ["max", "mean"]},
                         "tooltip": {"mode": "multi", "sort": "desc"}}),
+        _panel(9, "Routing accuracy by day", "timeseries", sql["routing_accuracy"], (0, 32, 24, 8),
+               "Of the shadow comparisons that judged the route, the share where the cheaper tier's answer was good "
+               "enough, per day the score was given; the dashed line is the drift minimum (policies [drift]). "
+               "Drift alerts judge a trailing window of days: ladder report quality.",
+               fieldConfig=_floor(drift_minimum * 100),
+               options={"legend": below, "tooltip": {"mode": "multi"}}),
     ]  # fmt: skip
 
 
@@ -282,8 +315,9 @@ def variables() -> list[dict[str, Any]]:
 
 
 def dashboard(policies: Policies | None = None) -> dict[str, Any]:
-    """The dashboard; `policies` (default: the packaged ones) only orders the tiers in the tier charts."""
-    tiers = (policies or parse_policies(default_policies_text())).tier_names
+    """The dashboard; `policies` (default: the packaged ones) orders the tiers in the tier charts and
+    gives the drift minimum."""
+    chosen = policies or parse_policies(default_policies_text())
     return {
         "__requires": [
             {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
@@ -295,13 +329,13 @@ def dashboard(policies: Policies | None = None) -> dict[str, Any]:
         ],
         "annotations": {"list": []},
         "description": "Ladder: spend, savings, routing, dead letters and latency from the daily rollup "
-        "(outcomes_daily), with the same queries as `ladder report`.",
+        "(outcomes_daily), and routing accuracy from the scores, with the same queries as `ladder report`.",
         "editable": True,
         "fiscalYearStartMonth": 0,
         "graphTooltip": 1,
         "id": None,
         "links": [],
-        "panels": panels(tiers),
+        "panels": panels(chosen.tier_names, chosen.drift.min_routing_accuracy),
         "refresh": "",
         "schemaVersion": 38,
         "tags": ["ladder", "clickhouse", "llm-spend"],

@@ -5,11 +5,17 @@ fitted on the train split and scored on the split asked for; policies/evaluation
 into RouteLLM's figures per source and overall, next to all-weak, all-strong, random and oracle.
 Embedding strategies embed with the packaged local model; vectors are cached on disk by text, so a
 second run, or a run on a subset, embeds nothing again.
+
+`ladder eval --labelled FILE --strategy NEW --against CURRENT` compares strategies of the policies
+file instead, on texts labelled with the tier they should go to (the holdout `ladder strategy build`
+writes): each text gets the first tier the live system would give it under each strategy, and the
+routes are counted against the labels (policies/labels.py), side by side, before anyone switches.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -28,9 +34,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ladder.messages import Job, TaskKind
 from ladder.output import FORMATS, render
 from ladder.settings import Settings
-from policies.config import PolicyError
+from policies.config import CLASSIFY_QUEUE, Candidate, Policies, PolicyError
 from policies.datasets import (
     DEFAULT_STRONG_PRICE,
     DEFAULT_TEST_FRACTION,
@@ -43,6 +50,8 @@ from policies.datasets import (
     split_mask,
 )
 from policies.embedding import Embedder, Vectors
+from policies.embedding_router import ExamplesError
+from policies.estimate import CLASSIFIER_ANSWER_TOKENS
 from policies.evaluation import (
     USD_PLACES,
     Bootstrap,
@@ -55,7 +64,12 @@ from policies.evaluation import (
     random_curve,
     summarize,
 )
+from policies.injection import steering_attempt
+from policies.labels import LabelledExample, LabelsError, RoutingFigures, parse_labelled, tally
+from policies.prices import PriceBook
+from policies.rules import RuleRouter
 from policies.scorers import NEEDS_EMBEDDER, REFERENCE_ONLY, SCORERS, ScorerOptions, build_scorer
+from policies.tokens import estimate_tokens
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
@@ -436,11 +450,23 @@ def price(text: str) -> ModelPrice:
 
 def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e = sub.add_parser("eval", help="replay a labelled dataset through routing strategies, offline")
-    e.add_argument("dataset", help="JSONL: RouteLLM rows (weak_score/strong_score) or N-model rows (correct/cost_usd)")
+    e.add_argument(
+        "dataset",
+        nargs="?",
+        help="JSONL: RouteLLM rows (weak_score/strong_score) or N-model rows (correct/cost_usd)",
+    )
     e.add_argument(
         "--strategy",
-        help=f"comma-separated, from: {', '.join(SCORERS)} (default: the policies file's strategy)",
+        help=f"comma-separated, from: {', '.join(SCORERS)} (default: the policies file's strategy); "
+        "with --labelled: strategies of the policies file",
     )
+    e.add_argument(
+        "--labelled",
+        metavar="FILE.jsonl",
+        help='compare policies strategies on labelled texts ({"text", "tier", "task"?, "input_tokens"?, '
+        '"output_tokens"?} lines, e.g. NEW.holdout.jsonl from `ladder strategy build`) instead of a dataset',
+    )
+    e.add_argument("--against", help="with --labelled: the strategy compared with (default: the policies' strategy)")
     e.add_argument("--split", choices=("test", "train", "all"), default="test", help="rows reported on")
     e.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION)
     e.add_argument("--source", help="comma-separated sources to keep (default: all)")
@@ -516,6 +542,11 @@ def score_strategies(
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.labelled:
+        return run_comparison(args)
+    if not args.dataset:
+        err.print("[red]error:[/] give DATASET.jsonl, or --labelled FILE.jsonl to compare strategies", highlight=False)
+        return 2
     try:
         settings = Settings.from_env(getattr(args, "policies", None))
         names = _strategies(args, settings)
@@ -542,4 +573,219 @@ def run_eval(args: argparse.Namespace) -> int:
         plot(Path(args.plot), results, refs)
         if args.format == "table":
             out.print(f"curves written to {args.plot}")
+    return 0
+
+
+# ---- comparing strategies on labelled texts (--labelled) -----------------------------------------
+
+
+@dataclass
+class FirstTiers:
+    """One strategy's first tier for each labelled text, as far as can be known offline."""
+
+    tiers: list[str]
+    asks: list[bool]  # band texts that would go to the classifier model (placed at the safe tier here)
+    band: list[int]  # positions of band texts an embedding router may still place
+
+
+def first_tiers(policies: Policies, jobs: Sequence[Job]) -> FirstTiers:
+    """The rules' tier; in the undecided band the steering guard's safe tier, else, until an embedding
+    router says otherwise, the safe tier and a classifier call (as `ladder estimate` prices them)."""
+    rules = RuleRouter(policies)
+    safe = policies.classifier.safe_tier
+    placed = FirstTiers([], [], [])
+    for i, job in enumerate(jobs):
+        tier = rules.route(job).tier
+        in_band = tier == CLASSIFY_QUEUE and steering_attempt(job.text()) is None
+        placed.tiers.append(safe if tier == CLASSIFY_QUEUE else tier)
+        placed.asks.append(in_band)
+        if in_band:
+            placed.band.append(i)
+    return placed
+
+
+def _routes_by_embedding(policies: Policies) -> bool:
+    return policies.embedding.enabled and policies.embedding.embedder == "local"
+
+
+async def _place_band(settings: Settings, plans: dict[str, FirstTiers], jobs: Sequence[Job]) -> None:
+    """Band texts of strategies that route by local embeddings go to their routers: one embedder, each
+    text embedded once whatever the number of strategies (and cached for the next run)."""
+    policies = settings.policies
+    routed = [n for n, plan in plans.items() if plan.band and _routes_by_embedding(policies.for_strategy(n))]
+    if not routed:
+        return
+    from worker.embedders import LocalEmbedder  # torch: loaded only when a strategy routes by embeddings
+    from worker.vector_cache import cache_dir, load_embedding_router
+
+    embedder = CachedEmbedder(LocalEmbedder(), default_cache_dir(settings), err)
+    positions = sorted({i for n in routed for i in plans[n].band})
+    vectors = await embedder.embed([jobs[i].text() for i in positions])
+    row = {position: r for r, position in enumerate(positions)}
+    for name in routed:
+        router = await load_embedding_router(policies.for_strategy(name), embedder, cache_dir(settings.data_dir))
+        plan = plans[name]
+        chosen = router.route_many(vectors[[row[i] for i in plan.band]])
+        for i, tier in zip(plan.band, chosen, strict=True):
+            if tier is not None:
+                plan.tiers[i], plan.asks[i] = tier, False
+
+
+def comparison_cost(policies: Policies, rows: Sequence[LabelledExample], plan: FirstTiers) -> Decimal:
+    """Each text's tokens on its tier's first model, plus a classifier call where it would ask one
+    (sized as the classifier worker sends it, as `ladder estimate` sizes it)."""
+    from worker.classifier_worker import CLASSIFIER_PROMPT, MAX_CLASSIFIED_CHARS
+
+    book = PriceBook(policies)
+    classifier = Candidate(policies.classifier.provider, policies.classifier.model)
+    prompt = estimate_tokens((policies.classifier.prompt or CLASSIFIER_PROMPT) + "<task>\n\n</task>")
+    most = estimate_tokens("x" * MAX_CLASSIFIED_CHARS)
+    total = Decimal(0)
+    for row, tier, asks in zip(rows, plan.tiers, plan.asks, strict=True):
+        seen, answered = row.input_tokens or 0, row.output_tokens or 0
+        total += book.cost(policies.tier(tier).candidates[0], seen, answered)
+        if asks:
+            total += book.cost(classifier, prompt + min(seen, most), CLASSIFIER_ANSWER_TOKENS)
+    return total
+
+
+def _compared(args: argparse.Namespace, policies: Policies) -> list[str]:
+    against = args.against or policies.strategy
+    names = [against, *(n.strip() for n in (args.strategy or "").split(",") if n.strip())]
+    unknown = [n for n in names if n not in policies.strategy_names]
+    if unknown:
+        raise ValueError(f"unknown strategy {', '.join(unknown)} (strategies: {', '.join(policies.strategy_names)})")
+    return list(dict.fromkeys(names))
+
+
+def _labelled_job(number: int, row: LabelledExample) -> Job:
+    return Job(
+        id=row.job_id or f"line-{number}",
+        prompt=row.text,
+        task=TaskKind(row.task) if row.task else TaskKind.GENERATION,
+        feature=row.feature or "default",
+    )
+
+
+def compare(settings: Settings, names: Sequence[str], rows: Sequence[LabelledExample]) -> list[RoutingFigures]:
+    policies = settings.policies
+    jobs = [_labelled_job(n, row) for n, row in enumerate(rows, start=1)]
+    plans = {name: first_tiers(policies.for_strategy(name), jobs) for name in names}
+    asyncio.run(_place_band(settings, plans, jobs))
+    priced = all(r.input_tokens is not None and r.output_tokens is not None for r in rows)
+    labels = [r.tier for r in rows]
+    return [
+        tally(
+            name,
+            labels,
+            plan.tiers,
+            plan.asks,
+            policies.tier_names,
+            comparison_cost(policies.for_strategy(name), rows, plan) if priced else None,
+        )
+        for name, plan in plans.items()
+    ]
+
+
+def _points(value: float) -> str:
+    return f"{_round(value * 100.0, 1):+.1f} points"
+
+
+def _versus(base: RoutingFigures, other: RoutingFigures) -> str:
+    def gap(field: str) -> str:
+        return _points(other.share(getattr(other, field)) - base.share(getattr(base, field)))
+
+    text = f"{other.strategy} against {base.strategy}: exact {gap('exact')}, under-routed {gap('under')}, "
+    text += f"over-routed {gap('over')}"
+    if base.cost_per_1000 and other.cost_per_1000 is not None:
+        text += f", cost {float((other.cost_per_1000 - base.cost_per_1000) / base.cost_per_1000):+.1%}"
+    return text
+
+
+def comparison_notes(
+    settings: Settings, figures: Sequence[RoutingFigures], rows: Sequence[LabelledExample]
+) -> list[str]:
+    policies = settings.policies
+    notes = [
+        "first tier as the live system picks it: the strategy's rules; in the undecided band the steering guard, "
+        "then its embedding router (local embedder); band texts left over are placed at its classifier.safe_tier "
+        "and counted as asking the classifier",
+        "under-routed: below the label (a quality risk); over-routed: above it (money for nothing)",
+    ]
+    untasked = sum(not r.task for r in rows)
+    if untasked:
+        notes.append(f"{untasked:,} texts carry no task: routed as generation")
+    if any(len(r.text) >= policies.learning.text_chars for r in rows):
+        notes.append(
+            f"texts kept with labels are cut to learning.text_chars ({policies.learning.text_chars:,}): "
+            "the long-input rule sees only that much"
+        )
+    priced = sum(r.input_tokens is not None and r.output_tokens is not None for r in rows)
+    if priced < len(rows):
+        notes.append(f"cost skipped: {priced:,} of {len(rows):,} texts carry input_tokens and output_tokens")
+    for f in figures:
+        spec = policies.for_strategy(f.strategy).embedding
+        if spec.enabled and spec.embedder != "local":
+            notes.append(
+                f"{f.strategy} routes band texts by '{spec.embedder}', a provider call this comparison does not "
+                "make: they count as asking the classifier"
+            )
+    notes += [_versus(figures[0], f) for f in figures[1:]]
+    return notes
+
+
+COMPARISON_COLUMNS = ["strategy", "examples", "exact", "under-routed", "over-routed", "top tier", "asks classifier"]
+
+
+def _comparison_rows(figures: Sequence[RoutingFigures], fmt: str) -> tuple[list[str], list[list[Any]]]:
+    counted = ("exact", "under", "over", "top_tier", "asks_classifier")
+    if fmt == "table":
+        rows = [
+            [f.strategy, f.examples, *(f"{f.share(getattr(f, c)):.1%}" for c in counted), f.cost_per_1000]
+            for f in figures
+        ]
+        return [*COMPARISON_COLUMNS, "cost / 1,000 jobs"], rows
+    columns = ["strategy", "examples"] + [n for c in counted for n in (c, f"{c}_share")] + ["cost_per_1000"]
+    rows = []
+    for f in figures:
+        counts: list[Any] = []
+        for c in counted:
+            counts += [getattr(f, c), round(f.share(getattr(f, c)), 6)]
+        rows.append([f.strategy, f.examples, *counts, f.cost_per_1000])
+    return columns, rows
+
+
+def print_comparison(figures: Sequence[RoutingFigures], notes: Sequence[str], tiers: Sequence[str], fmt: str) -> None:
+    columns, rows = _comparison_rows(figures, fmt)
+    if fmt == "json":
+        by_label = {f.strategy: f.by_label for f in figures}
+        data = {"title": "first tiers against the labels", "rows": [dict(zip(columns, r, strict=True)) for r in rows]}
+        out.print_json(json.dumps({**data, "by_label": by_label, "notes": list(notes)}, default=str))
+        return
+    render("first tiers against the labels", columns, rows, fmt, out)
+    if fmt == "csv":
+        return
+    matrix = [
+        [f.strategy, label, sum(routed.values()), *(routed.get(t, 0) for t in tiers)]
+        for f in figures
+        for label, routed in f.by_label.items()
+    ]
+    render("first tier by label tier", ["strategy", "label", "texts", *tiers], matrix, fmt, out)
+    for note in notes:
+        out.print(escape(note), highlight=False)
+
+
+def run_comparison(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env(getattr(args, "policies", None))
+        names = _compared(args, settings.policies)
+        path = Path(args.labelled)
+        tasks = [t.value for t in TaskKind]
+        rows = parse_labelled(path.read_text(encoding="utf-8"), settings.policies.tier_names, tasks, str(path))
+        figures = compare(settings, names, rows)
+    except (PolicyError, LabelsError, ExamplesError, ValueError, OSError, RuntimeError) as e:
+        # RuntimeError: the local extra (sentence-transformers) is not installed
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        return 2
+    print_comparison(figures, comparison_notes(settings, figures, rows), settings.policies.tier_names, args.format)
     return 0

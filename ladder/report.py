@@ -1,7 +1,8 @@
 """The reports: spend, savings, routing, quality, margins and latency, read from ClickHouse.
 
 Every report reads the daily rollup (`outcomes_daily`), so a report over months of outcomes reads
-thousands of rows, not millions. Filters reach ClickHouse only as query parameters; the grouping
+thousands of rows, not millions (ladder/report_scores.py reads the scores, ladder/report_experiment.py
+one experiment's outcomes). Filters reach ClickHouse only as query parameters; the grouping
 expressions are fixed here. Money stays Decimal from ClickHouse to the printed table.
 """
 
@@ -14,6 +15,7 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+from ladder.messages import RouteSource, Routing, ScoreSource
 from policies.config import ANSWER_CLASSES, CLASSIFY_QUEUE, Policies
 from worker.clickhouse import ClickHouse
 
@@ -26,20 +28,36 @@ CONSTANTS: dict[str, Any] = {
     "classify": CLASSIFY_QUEUE,
     "answer_classes": list(ANSWER_CLASSES),
     "over_budget": OVER_BUDGET,
+    "shadow": RouteSource.SHADOW.value,  # outcome rows of shadow evaluation calls
+    "shadow_scores": ScoreSource.SHADOW.value,
+    "feedback": ScoreSource.FEEDBACK.value,
+    "right": int(Routing.RIGHT),
+    "unknown": int(Routing.UNKNOWN),
 }
 
-# The filters as query parameters; ladder/dashboard.py maps them to Grafana's time range and variables.
-FILTER_WHERE = """
-WHERE day BETWEEN {since:Date} AND {until:Date}
-  AND ({customer:String} = '' OR customer = {customer:String})
-  AND ({feature:String} = '' OR feature = {feature:String})
-  AND ({batch:String} = '' OR batch = {batch:String})
+
+def filter_where(day: str) -> str:
+    """The filters as query parameters, `day` being the table's UTC day expression; ladder/dashboard.py
+    maps them to Grafana's time range and variables."""
+    return f"""
+WHERE {day} BETWEEN {{since:Date}} AND {{until:Date}}
+  AND ({{customer:String}} = '' OR customer = {{customer:String}})
+  AND ({{feature:String}} = '' OR feature = {{feature:String}})
+  AND ({{batch:String}} = '' OR batch = {{batch:String}})
 """
+
+
+FILTER_WHERE = filter_where("day")
 
 
 def rollup_query(select: str, tail: str = "") -> str:
     """A query of the daily rollup under the filters; `{db}` and the parameters are filled in later."""
     return f"{select} FROM {{db}}.outcomes_daily {FILTER_WHERE} {tail}"
+
+
+def scores_query(select: str, tail: str = "") -> str:
+    """A query of the scores under the filters, by the UTC day each score was given."""
+    return f"{select} FROM {{db}}.scores FINAL {filter_where('toDate(at)')} {tail}"
 
 
 class ReportError(ValueError):
@@ -94,6 +112,11 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
+def money_text(amount: Decimal) -> str:
+    """An exact amount without the trailing zeros of its scale: $0.0505, not $0.050500000000."""
+    return f"${amount.normalize():f}"
+
+
 def _ratio(part: Decimal | int, whole: Decimal | int) -> float | None:
     """part/whole as a percentage to one decimal (a share, not money); None when there is no whole."""
     if not whole:
@@ -122,11 +145,16 @@ SPEND_FIGURES = {
     "output_tokens": "sum(output_tokens)",
     "cost": "sum(cost)",
     "simulated": "sum(simulated_calls)",
+    "shadow_cost": "sumIf(cost, route_source = {shadow:String})",
 }
+# Actual cost in three parts: the calls that answered jobs, the classifier's calls, and shadow
+# evaluation (a sample of jobs asked again on the reference tier, and judged): real spend, but the
+# cost of measuring routing, not of serving it.
 SAVINGS_FIGURES = {
     "jobs": "sumIf(jobs, tier != {classify:String})",
-    "model_cost": "sumIf(cost, tier != {classify:String})",
+    "model_cost": "sumIf(cost, tier != {classify:String} AND route_source != {shadow:String})",
     "classifier_cost": "sumIf(cost, tier = {classify:String})",
+    "shadow_cost": "sumIf(cost, route_source = {shadow:String})",
     "all_top": "sumIf(top_tier_cost, tier != {classify:String})",
     "all_middle": "sumIf(middle_tier_cost, tier != {classify:String})",
 }
@@ -139,9 +167,16 @@ class Reports:
         self._policies = policies
         self._tier_rank = {t: i for i, t in enumerate(policies.tier_names)}  # tiers only the data knows: last
 
+    @property
+    def policies(self) -> Policies:
+        return self._policies
+
+    def query(self, sql: str, filters: Filters, **parameters: Any) -> list[tuple[Any, ...]]:
+        """A report query under the filters, with the fixed values and any further parameters."""
+        return self._ch.query(sql, {**filters.params(), **CONSTANTS, **parameters})
+
     def _rows(self, select: str, filters: Filters, tail: str = "") -> list[tuple[Any, ...]]:
-        params = {**filters.params(), **CONSTANTS}
-        return self._ch.query(rollup_query(select, tail), params)
+        return self.query(rollup_query(select, tail), filters)
 
     def spend(self, filters: Filters, by: str) -> Table:
         if by not in SPEND_BY:
@@ -159,7 +194,10 @@ class Reports:
             sums = [sum(r[i] for r in table_rows) for i in range(1, 7)]
             table_rows.append(("TOTAL", *sums, total_cost, _ratio(total_cost, total_cost)))
         simulated = sum(int(r[8]) for r in rows)
+        shadow_cost = sum((Decimal(r[9]) for r in rows), Decimal(0))
         notes = ["requests: provider calls (escalations, retries and classifier calls included); jobs: jobs settled"]
+        if shadow_cost:
+            notes.append(f"cost includes {money_text(shadow_cost)} of shadow evaluation calls (route shadow)")
         if simulated:
             notes.append(f"SIMULATED: {simulated:,} calls were answered by the simulated provider (no API key set).")
         return Table(f"spend by {by} ({filters.describe()})", SPEND_COLUMNS, table_rows, notes)
@@ -168,26 +206,30 @@ class Reports:
         """Actual cost against every job sent once to the top (and the middle) tier, by day.
 
         A job's counterfactual is its final answer's tokens priced on that tier; the actual cost
-        is every call made for it (escalations included) plus the classifier's calls.
+        is every call made for it (escalations included) plus the classifier's calls and shadow
+        evaluation, each shown apart.
         """
         rows = self._rows(
             f"SELECT day, {', '.join(SAVINGS_FIGURES.values())}",
             filters,
             "GROUP BY day ORDER BY day",
         )
-        return self._savings_table(filters, [(r[0], int(r[1]), *(Decimal(v) for v in r[2:6])) for r in rows])
+        return self._savings_table(filters, [(r[0], int(r[1]), *(Decimal(v) for v in r[2:7])) for r in rows])
 
     def _savings_table(self, filters: Filters, rows: list[tuple[Any, ...]]) -> Table:
         top, middle = self._policies.top_tier.name, self._policies.middle_tier.name
         with_middle = middle != top
-        columns = ["day", "jobs", "model_cost", "classifier_cost", "actual", f"all_{top}", "saved", "saved_%"]
+        columns = ["day", "jobs", "model_cost", "classifier_cost", "shadow_cost", "actual", f"all_{top}", "saved",
+                   "saved_%"]  # fmt: skip
         if with_middle:
             columns += [f"all_{middle}", f"saved_vs_{middle}", f"saved_vs_{middle}_%"]
         out: list[tuple[Any, ...]] = []
-        for day, jobs, model_cost, classifier_cost, all_top, all_middle in [*rows, _total(rows)] if rows else []:
-            actual = model_cost + classifier_cost
+        for day, jobs, model_cost, classifier_cost, shadow_cost, all_top, all_middle in (
+            [*rows, _total(rows)] if rows else []
+        ):
+            actual = model_cost + classifier_cost + shadow_cost
             line: tuple[Any, ...] = (
-                str(day), jobs, model_cost, classifier_cost, actual, all_top, all_top - actual,
+                str(day), jobs, model_cost, classifier_cost, shadow_cost, actual, all_top, all_top - actual,
                 _ratio(all_top - actual, all_top),
             )  # fmt: skip
             if with_middle:
@@ -195,7 +237,9 @@ class Reports:
             out.append(line)
         notes = [
             f"all_{top}: every job sent once to the {top} tier ({self._policies.top_tier.candidates[0].model}), "
-            "priced on its final answer's tokens; actual includes escalations and the classifier's own calls"
+            "priced on its final answer's tokens; actual = model_cost (escalations included) + classifier_cost + "
+            "shadow_cost (shadow evaluation: a sample of jobs asked again on the reference tier and judged; it "
+            "measures routing and answers no job)"
         ]
         return Table(f"savings by day ({filters.describe()})", columns, out, notes)
 
@@ -256,12 +300,15 @@ class Reports:
                 counts[status] = counts.get(status, 0) + int(calls)
         out = [
             (tier, reason, c.get("escalated", 0), c.get("failover", 0), c.get("retried", 0), c.get("dead", 0))
-            for (tier, reason), c in sorted(per.items(), key=lambda kv: (self._rank(kv[0][0]), -sum(kv[1].values())))
+            for (tier, reason), c in sorted(
+                per.items(), key=lambda kv: (self.tier_rank(kv[0][0]), -sum(kv[1].values()))
+            )
         ]
         return Table("escalation and fallback by reason", ["tier", "reason", "escalated", "failed_over", "retried_429",
                                                            "dead"], out)  # fmt: skip
 
-    def _rank(self, tier: str) -> int:
+    def tier_rank(self, tier: str) -> int:
+        """A tier's place in the policies' order; tiers only the data knows come last."""
         return self._tier_rank.get(tier, len(self._tier_rank))
 
     def _tiers(self, *seen: dict[str, Any]) -> list[str]:
@@ -272,7 +319,8 @@ class Reports:
 
     def quality(self, filters: Filters) -> Table:
         """Validation pass rate by route and tier: of the answers that came back, the share kept
-        without an answer problem (refused, empty, truncated, invalid JSON, schema, uncertain)."""
+        without an answer problem (refused, empty, truncated, invalid JSON, schema, uncertain).
+        The scores of the same answers are ladder/report_scores.py's."""
         rows = self._rows(
             "SELECT route_source, tier, sumIf(calls, status = 'ok' AND error_class = ''), "
             "sumIf(calls, error_class IN {answer_classes:Array(String)}), sum(jobs)",
@@ -280,7 +328,7 @@ class Reports:
             "AND tier != {classify:String} GROUP BY route_source, tier",
         )
         out = []
-        for route, tier, passed, problems, jobs in sorted(rows, key=lambda r: (r[0], self._rank(r[1]))):
+        for route, tier, passed, problems, jobs in sorted(rows, key=lambda r: (r[0], self.tier_rank(r[1]))):
             answers = int(passed) + int(problems)
             if answers:
                 out.append((route, tier, int(jobs), answers, int(passed), int(problems), _ratio(int(passed), answers)))

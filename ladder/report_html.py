@@ -18,7 +18,9 @@ th, td { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.total td { font-weight: bold; border-top: 1px solid #999; }
 .note { color: #666; font-size: 0.9em; } img { max-width: 100%; }
+.note.alert { color: #c0392b; font-weight: bold; font-size: 1em; }
 """
+ALERT = "ALERT"  # a note that starts so is shown in red (drift alerts)
 
 
 def table_html(table: Table) -> str:
@@ -29,7 +31,9 @@ def table_html(table: Table) -> str:
         body.append(f"<tr{css}>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>")
     if not table.rows:
         body.append(f'<tr><td colspan="{len(table.columns)}">no data</td></tr>')
-    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in table.notes)
+    notes = "".join(
+        f'<p class="note{" alert" if n.startswith(ALERT) else ""}">{html.escape(n)}</p>' for n in table.notes
+    )
     return f"<h3>{html.escape(table.title)}</h3><table><tr>{head}</tr>{''.join(body)}</table>{notes}"
 
 

@@ -16,8 +16,10 @@ Deterministic token counting, the same for the three formats:
 - the request text is every text in the request, system included (Anthropic `system`, OpenAI system
   messages, Gemini `systemInstruction`), joined with "\\n";
   input_tokens = max(1, ceil(len(request text) / 4));
-- the reply is the text set with `reply(model, text)`, else f"[{model}] " + the first 120 characters
-  of the last user message; output_tokens = max(1, ceil(len(reply) / 4));
+- the reply is the text of the model's first `reply_when(model, contains, text)` rule whose substring
+  occurs in one of the request's texts (system included), else the text set with `reply(model, text)`,
+  else f"[{model}] " + the first 120 characters of the last user message;
+  output_tokens = max(1, ceil(len(reply) / 4));
 - when output_tokens exceeds the request's limit (max_tokens / max_completion_tokens /
   generationConfig.maxOutputTokens), the reply is cut to limit * 4 characters, output_tokens = limit
   and the finish reason is "max_tokens" / "length" / "MAX_TOKENS" (else "end_turn" / "stop" / "STOP").
@@ -52,7 +54,7 @@ gpt-4o-mini:rpm=600,tpm=200000` (repeatable).
 
 In tests: `fake = FakeProvider().start()`, then point the SDKs at `fake.env()`. For benchmarks:
 `python -m tests.fake_provider --port 8765` prints "ready http://127.0.0.1:8765" and serves until killed
-(that process keeps no Call records; fail/reply are in-process only, fail_rate/limit/stats also over HTTP).
+(that process keeps no Call records; fail/reply/reply_when are in-process only, fail_rate/limit/stats also over HTTP).
 """
 
 from __future__ import annotations
@@ -267,6 +269,7 @@ class FakeProvider:
         self._calls: list[Call] = []
         self._failures: dict[str, list[Any]] = {}  # model -> [status, remaining times | None, message]
         self._replies: dict[str, str] = {}
+        self._reply_rules: dict[str, list[tuple[str, str]]] = {}  # model -> [(substring, reply)], in order
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -391,6 +394,18 @@ class FakeProvider:
         with self._lock:
             self._replies[model] = text
 
+    def reply_when(self, model: str, contains: str, text: str) -> None:
+        """Answer `text` when `contains` occurs in one of the request's texts; rules are tried in the
+        order they were added, before the model's `reply`."""
+        with self._lock:
+            self._reply_rules.setdefault(model, []).append((contains, text))
+
+    def _reply_for(self, model: str, texts: list[str]) -> str | None:
+        with self._lock:
+            rules = list(self._reply_rules.get(model, ()))
+            fixed = self._replies.get(model)
+        return next((reply for contains, reply in rules if any(contains in t for t in texts)), fixed)
+
     def calls(self) -> list[Call]:
         with self._lock:
             return list(self._calls)
@@ -400,6 +415,7 @@ class FakeProvider:
             self._calls.clear()
             self._failures.clear()
             self._replies.clear()
+            self._reply_rules.clear()
             self._limits.clear()
             self._fail_rates.clear()
             self._stats.clear()
@@ -496,8 +512,7 @@ class FakeProvider:
         model = model or parsed_model
         if not api_key:
             return self._error(provider, model, api_key, 401, "missing API key")
-        with self._lock:
-            fixed = self._replies.get(model)
+        fixed = self._reply_for(model, texts)
         text = fixed if fixed is not None else f"[{model}] " + last_user[:REPLY_PREFIX_CHARS]
         input_tokens, output_tokens, truncated = _tokens("\n".join(texts)), _tokens(text), False
         if limit is not None and output_tokens > limit:

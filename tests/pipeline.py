@@ -8,6 +8,7 @@ from ladder.app import App
 from ladder.messages import Rejection
 from producer.submit import SubmitReport
 from worker.classifier_worker import classifier_worker
+from worker.shadow_worker import shadow_worker
 from worker.tier_worker import tier_worker
 
 
@@ -18,11 +19,14 @@ async def enqueue(app: App, path: Path, batch: str) -> tuple[SubmitReport, list[
 
 
 async def drain_workers(app: App) -> None:
-    """Escalation only moves up, so one burst pass per queue, classifier first, settles every job."""
+    """Escalation only moves up, so one burst pass per queue, classifier first, settles every job;
+    the shadow queue, filled as jobs settle, goes last."""
     await classifier_worker(await app.classifier_runtime(), burst=True, poll_delay=0, handle_signals=False).async_run()
     runtime = app.tier_runtime()
     for tier in app.settings.policies.tier_names:
         await tier_worker(runtime, tier, burst=True, poll_delay=0, handle_signals=False).async_run()
+    if app.settings.policies.shadow.enabled:
+        await shadow_worker(app.shadow_runtime(), burst=True, poll_delay=0, handle_signals=False).async_run()
 
 
 async def process(app: App, path: Path, batch: str) -> tuple[SubmitReport, list[Rejection]]:

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from ladder.dashboard import ALL, PLUGIN, dashboard, render
-from ladder.messages import Outcome, RouteSource, Status
+from ladder.messages import Outcome, RouteSource, Routing, Score, Status
 from ladder.report import Filters, Reports
-from tests.test_reports import POLICIES, at, classifier_call, escalated_job, outcome
+from ladder.report_scores import routing_accuracy
+from policies.config import default_policies_text, parse_policies
+from tests.test_reports import POLICIES, at, classifier_call, escalated_job, outcome, score, shadow_call
 from worker.clickhouse import ClickHouse
 
 COMMITTED = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "ladder.json"
@@ -95,7 +97,9 @@ def test_it_is_dashboard_json_for_the_clickhouse_plugin() -> None:
         assert target["datasource"] == datasource and target["editorType"] == "sql" and target["rawSql"].strip()
         series = p["type"] == "timeseries"
         assert (target["format"], target["queryType"]) == ((0, "timeseries") if series else (1, "table"))
-        assert "outcomes_daily" in target["rawSql"] and "${database}." in target["rawSql"]
+        # the rollup, or (routing accuracy) the scores: never the raw outcomes
+        assert re.search(r"\$\{database\}\.(outcomes_daily|scores FINAL)\b", target["rawSql"])
+        assert "${database}.outcomes " not in target["rawSql"]
         assert "toDate($__fromTime, 'UTC')" in target["rawSql"] and "toDate($__toTime, 'UTC')" in target["rawSql"]
         assert not re.search(r"\{\w+:\w+", target["rawSql"].replace("${", "")), "a report parameter left over"
 
@@ -135,12 +139,27 @@ def _data() -> list[Outcome]:
                 finished_at=at("2026-11-05")),
         outcome(finished_at=at("2026-10-31", 23), cost=Decimal("5")),  # outside the time range
         outcome(finished_at=at("2026-12-01", 0), cost=Decimal("7")),  # outside too
+        shadow_call("esc1", cost="0.04"),
+        shadow_call("d", day="2026-11-04", cost="0.05"),  # on acme, as shadow_call builds it
     ]  # fmt: skip
+
+
+def _scores() -> list[Score]:
+    """Shadow comparisons on three days and for every customer, and scores the panel must not count."""
+    days = {"2026-11-02": (9, 10, "acme"), "2026-11-03": (3, 4, "globex"), "2026-11-04": (1, 2, "o'hara"),
+            "2026-11-05": (2, 2, "globex")}  # fmt: skip
+    scores = [
+        score(customer=customer, at=at(day, 1 + i), routing=Routing.RIGHT if i < right else Routing.WRONG)
+        for day, (right, judged, customer) in days.items()
+        for i in range(judged)
+    ]
+    return [*scores, score(routing=Routing.UNKNOWN), score(at=at("2026-12-01", 0), routing=Routing.WRONG)]
 
 
 @pytest.fixture
 def loaded(clickhouse: ClickHouse) -> tuple[ClickHouse, Reports]:
     clickhouse.insert_outcomes(_data())
+    clickhouse.insert_scores(_scores())
     return clickhouse, Reports(clickhouse, POLICIES)
 
 
@@ -185,15 +204,17 @@ def test_spend_panels_give_the_spend_report(loaded: tuple[ClickHouse, Reports], 
 def test_savings_panels_give_the_savings_report(loaded: tuple[ClickHouse, Reports], customer: str) -> None:
     clickhouse, reports = loaded
     report = reports.savings(Filters(SINCE, UNTIL, customer=customer))
-    days = [r for r in report.rows if r[0] != "TOTAL"]
     panel = run(clickhouse, "Savings by day", customer)
-    # day, actual (models + classifier), all on the top tier, saved %
+    figures = [dict(zip(report.columns, r, strict=True)) for r in report.rows]
+    # day, actual (models + classifier + shadow evaluation), all on the top tier, saved %
     assert [(str(r["time"]), r["actual"], r["all_top_tier"], r["saved %"]) for r in panel] == [
-        (r[0], r[4], r[5], r[7]) for r in days
+        (r["day"], r["actual"], r["all_premium"], r["saved_%"]) for r in figures[:-1]
     ]
     [total] = run(clickhouse, "Spend and savings", customer)
-    assert (total["spend"], total["saved"], total["saved %"]) == (report.rows[-1][4], *report.rows[-1][6:8])
+    assert (total["spend"], total["saved"], total["saved %"]) == tuple(figures[-1][k] for k in ("actual", "saved",
+                                                                                               "saved_%"))  # fmt: skip
     assert total["saved"] > 0
+    assert figures[-1]["shadow_cost"] == {"": Decimal("0.09"), "globex": 0}[customer]
 
 
 def test_routing_panels_give_the_routing_report(loaded: tuple[ClickHouse, Reports]) -> None:
@@ -230,3 +251,17 @@ def test_latency_panel_gives_the_latency_report_per_day(loaded: tuple[ClickHouse
             assert row["p95_ms"] == report[0][4], row
             compared += 1
     assert compared >= 4
+
+
+@pytest.mark.parametrize("customer", ["", "globex"])
+def test_routing_accuracy_panel_gives_the_reports_accuracy_and_the_drift_line(
+    loaded: tuple[ClickHouse, Reports], customer: str
+) -> None:
+    clickhouse, reports = loaded
+    report = routing_accuracy(reports, Filters(SINCE, UNTIL, customer=customer)).table
+    panel = run(clickhouse, "Routing accuracy by day", customer)
+    assert [(str(r["time"]), r["routing accuracy %"]) for r in panel] == [(r[0], r[3]) for r in report.rows]
+    assert len(panel) == (4 if customer == "" else 2)
+    steps = by_title("Routing accuracy by day")["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    minimum = parse_policies(default_policies_text()).drift.min_routing_accuracy
+    assert steps[-1]["value"] == minimum * 100

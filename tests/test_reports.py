@@ -12,10 +12,12 @@ import pytest
 from arq.connections import ArqRedis
 
 from ladder.keys import Keys
-from ladder.messages import ENCODER, Outcome, RouteSource, Status
+from ladder.messages import ENCODER, Outcome, RouteSource, Routing, Score, ScoreSource, Status
 from ladder.report import Filters, ReportError, Reports, parse_day
+from ladder.report_scores import routing_accuracy, scores_by_route
 from policies.config import parse_policies
 from policies.customers import Customer
+from policies.stats import wilson_interval
 from tests.helpers import THREE_TIERS
 from worker.clickhouse import OUTCOME_COLUMNS, ClickHouse
 from worker.sink import Sink
@@ -57,6 +59,24 @@ def classifier_call(job: str, day: str = "2026-11-02") -> Outcome:
     return outcome(event_id=f"{job}#classify", job_id=job, route_source=RouteSource.CLASSIFIER, intended_tier="classify",
                    tier="classify", model="gpt-4.1-nano", attempt=0, final=False, cost=Decimal("0.0001"),
                    finished_at=at(day))  # fmt: skip
+
+
+def shadow_call(job: str, day: str = "2026-11-02", cost: str = "0.02") -> Outcome:
+    """The reference tier asked again for a job that finished on cheap: evaluation, not an answer."""
+    return outcome(event_id=f"{job}#shadow", job_id=job, route_source=RouteSource.SHADOW, intended_tier="premium",
+                   tier="premium", provider="anthropic", model="claude-3-5-sonnet-20241022", attempt=0, final=False,
+                   cost=Decimal(cost), finished_at=at(day))  # fmt: skip
+
+
+def score(**over: object) -> Score:
+    n = next(_ids)
+    fields: dict[str, object] = dict(
+        event_id=f"s{n}", job_id=f"j{n}", batch="b", customer="acme", feature="faq", task="generation",
+        strategy="rules-v1", experiment="", arm="", tier="cheap", source=ScoreSource.SHADOW, score=1.0,
+        routing=Routing.RIGHT, label_tier="", method="exact", detail="", text="", correction="", at=at("2026-11-02"),
+    )  # fmt: skip
+    fields.update(over)
+    return Score(**fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -111,18 +131,46 @@ def test_savings_subtracts_the_classifier_and_counts_each_job_once(clickhouse: C
         [outcome(), outcome(), *escalated_job("esc"), classifier_call("c1"), outcome(finished_at=at("2026-11-03"))]
     )
     table = reports.savings(Filters())
-    assert table.columns[:8] == ["day", "jobs", "model_cost", "classifier_cost", "actual", "all_premium", "saved",
-                                 "saved_%"]  # fmt: skip
-    assert table.columns[8:] == ["all_standard", "saved_vs_standard", "saved_vs_standard_%"]
+    assert table.columns[:9] == ["day", "jobs", "model_cost", "classifier_cost", "shadow_cost", "actual",
+                                 "all_premium", "saved", "saved_%"]  # fmt: skip
+    assert table.columns[9:] == ["all_standard", "saved_vs_standard", "saved_vs_standard_%"]
     day1 = table.rows[0]
     # 3 jobs: two plain (0.001 each) and one escalated (0.002 + 0.005); the classifier 0.0001.
-    assert day1[:5] == ("2026-11-02", 3, Decimal("0.009"), Decimal("0.0001"), Decimal("0.0091"))
+    assert day1[:6] == ("2026-11-02", 3, Decimal("0.009"), Decimal("0.0001"), Decimal("0"), Decimal("0.0091"))
     # Counterfactual: each job once, priced on its final answer's tokens: 0.01 + 0.01 + 0.03.
-    assert day1[5:8] == (Decimal("0.05"), Decimal("0.0409"), 81.8)
-    assert day1[8:10] == (Decimal("0.013"), Decimal("0.0039"))
+    assert day1[6:9] == (Decimal("0.05"), Decimal("0.0409"), 81.8)
+    assert day1[9:11] == (Decimal("0.013"), Decimal("0.0039"))
     total = table.rows[-1]
-    assert total[:7] == ("TOTAL", 4, Decimal("0.010"), Decimal("0.0001"), Decimal("0.0101"), Decimal("0.06"),
-                         Decimal("0.0499"))  # fmt: skip
+    assert total[:8] == ("TOTAL", 4, Decimal("0.010"), Decimal("0.0001"), Decimal("0"), Decimal("0.0101"),
+                         Decimal("0.06"), Decimal("0.0499"))  # fmt: skip
+
+
+def test_shadow_evaluation_is_spend_of_its_own_not_model_cost(clickhouse: ClickHouse, reports: Reports) -> None:
+    first = outcome(job_id="s1", event_id="s1#1")
+    clickhouse.insert_outcomes(
+        [first, shadow_call("s1", cost="0.02"), *escalated_job("esc"), classifier_call("esc"),
+         shadow_call("esc", day="2026-11-03", cost="0.0305")]
+    )  # fmt: skip
+    table = reports.savings(Filters())
+    rows = {r[0]: dict(zip(table.columns, r, strict=True)) for r in table.rows}
+    day1, day2, total = rows["2026-11-02"], rows["2026-11-03"], rows["TOTAL"]
+    # The shadow call is not a job, not model cost and has no counterfactual: it is its own column.
+    assert (day1["jobs"], day1["model_cost"], day1["classifier_cost"], day1["shadow_cost"]) == (
+        2, Decimal("0.008"), Decimal("0.0001"), Decimal("0.02"))  # fmt: skip
+    assert day1["all_premium"] == Decimal("0.04")
+    assert (day2["jobs"], day2["model_cost"], day2["shadow_cost"], day2["all_premium"]) == (
+        0, Decimal("0"), Decimal("0.0305"), Decimal("0"))  # fmt: skip
+    for row in rows.values():
+        assert row["actual"] == row["model_cost"] + row["classifier_cost"] + row["shadow_cost"]
+        assert row["saved"] == row["all_premium"] - row["actual"]
+    assert total["actual"] == Decimal("0.0586")
+    # Everything spent is in spend, the shadow part named in a note.
+    spend = reports.spend(Filters(), "route")
+    assert spend.rows[-1][7] == Decimal("0.0586")
+    assert {r[0]: r[7] for r in spend.rows}["shadow"] == Decimal("0.0505")
+    assert "cost includes $0.0505 of shadow evaluation calls (route shadow)" in spend.notes
+    first_day = reports.spend(Filters(since=date(2026, 11, 2), until=date(2026, 11, 2)), "route")
+    assert first_day.notes[-1].startswith("cost includes $0.02 of shadow")
 
 
 def test_routing_shows_intended_against_actual_and_why_jobs_moved(clickhouse: ClickHouse, reports: Reports) -> None:
@@ -156,6 +204,100 @@ def test_quality_is_the_validation_pass_rate_by_route_and_tier(clickhouse: Click
     assert rows[("rule", "cheap")][3:] == (4, 3, 1, 75.0)
     assert rows[("escalation", "standard")][3:] == (1, 1, 0, 100.0)
     assert rows[("rule", "premium")][3:] == (1, 0, 1, 0.0)
+
+
+def test_quality_scores_by_the_route_and_tier_of_the_scored_answer(clickhouse: ClickHouse, reports: Reports) -> None:
+    clickhouse.insert_outcomes(
+        [outcome(job_id="a", event_id="a#1"), outcome(job_id="b", event_id="b#1"), *escalated_job("e"),
+         shadow_call("a"), shadow_call("b")]
+    )  # fmt: skip
+    clickhouse.insert_scores(
+        [score(job_id="a", score=0.9), score(job_id="b", score=0.2, routing=Routing.WRONG),
+         score(job_id="c", score=0.5, routing=Routing.UNKNOWN),  # a job whose outcomes are not stored
+         score(job_id="a", source=ScoreSource.FEEDBACK, score=0.6, routing=Routing.UNKNOWN, method="feedback"),
+         score(job_id="e", tier="standard", source=ScoreSource.FEEDBACK, score=0.8, routing=Routing.RIGHT),
+         # the escalation score of the answer that failed on cheap: in the pass rate already
+         score(job_id="e", source=ScoreSource.ESCALATION, score=0.0, routing=Routing.WRONG),
+         score(job_id="a", score=0.0, routing=Routing.WRONG, at=at("2026-12-01"))]  # after --until
+    )  # fmt: skip
+    table = scores_by_route(reports, Filters(until=date(2026, 11, 30)))
+    assert table.columns == ["route", "tier", "shadow_judged", "shadow_agree_%", "ci95_low_%", "ci95_high_%",
+                             "shadow_mean_%", "feedback", "feedback_mean_%"]  # fmt: skip
+    rows = {(r[0], r[1]): r[2:] for r in table.rows}
+    assert list(rows) == [("(unknown)", "cheap"), ("escalation", "standard"), ("rule", "cheap")]
+    low, high = wilson_interval(1, 2)
+    assert rows[("rule", "cheap")] == (2, 50.0, round(100 * low, 1), round(100 * high, 1), 55.0, 1, 60.0)
+    assert rows[("escalation", "standard")] == (0, None, None, None, None, 1, 80.0)
+    assert rows[("(unknown)", "cheap")] == (0, None, None, None, 50.0, 0, None)
+    # Beside the pass rate of the same answers; the shadow calls' own answers are a route of their own.
+    validation = {(r[0], r[1]): r for r in reports.quality(Filters()).rows}
+    assert validation[("rule", "cheap")][3:] == (3, 2, 1, 66.7)
+    assert validation[("shadow", "premium")][3] == 2
+    assert scores_by_route(reports, Filters(customer="acme' OR '1'='1")).rows == []
+
+
+DRIFT = THREE_TIERS + "\n[drift]\nmin_routing_accuracy = 0.9\nmin_samples = 50\nwindow_days = 2\n"
+# right, judged per day: windows of two days, judged from 50 comparisons, below 90% alert.
+DRIFT_DAYS = {
+    "2026-11-01": (29, 30),  # window 30 judged: too few to judge
+    "2026-11-02": (28, 30),  # 57 of 60: 95%
+    "2026-11-03": (20, 40),  # 48 of 70: 68.6% ALERT
+    "2026-11-04": (45, 50),  # 65 of 90: 72.2% ALERT
+    "2026-11-05": (50, 50),  # 95 of 100: healthy again
+}
+
+
+def drift_scores(
+    days: dict[str, tuple[int, int]] = DRIFT_DAYS, strategies: tuple[str, ...] = ("rules-v1",)
+) -> list[Score]:
+    """Shadow comparisons with these counts per day (split evenly over the strategies), plus scores
+    that must not count: routing unknown, and feedback."""
+    scores = []
+    for day, (right, judged) in days.items():
+        for i in range(judged):
+            scores.append(score(at=at(day, 1 + i % 20), strategy=strategies[i % len(strategies)],
+                                routing=Routing.RIGHT if i < right else Routing.WRONG))  # fmt: skip
+        scores.append(score(at=at(day), routing=Routing.UNKNOWN))
+        scores.append(score(at=at(day), source=ScoreSource.FEEDBACK, routing=Routing.WRONG))
+    return scores
+
+
+def test_routing_accuracy_by_day_and_the_drift_alerts(clickhouse: ClickHouse) -> None:
+    clickhouse.insert_scores(drift_scores())
+    reports = Reports(clickhouse, parse_policies(DRIFT))
+    accuracy = routing_accuracy(reports, Filters())
+    table = accuracy.table
+    assert table.columns == ["day", "right", "judged", "accuracy_%", "ci95_low_%", "ci95_high_%", "drift"]
+    by_day = {r[0]: r for r in table.rows}
+    assert list(by_day) == list(DRIFT_DAYS)
+    for day, (right, judged) in DRIFT_DAYS.items():
+        low, high = wilson_interval(right, judged, 0.95)
+        assert by_day[day][1:6] == (right, judged, round(100 * right / judged, 1), round(100 * low, 1),
+                                    round(100 * high, 1))  # fmt: skip
+    assert [r[0] for r in table.rows if r[-1] == "ALERT"] == ["2026-11-03", "2026-11-04"]
+    assert [(str(a.day), round(a.accuracy, 3), a.judged) for a in accuracy.alerts] == [
+        ("2026-11-03", 0.686, 70), ("2026-11-04", 0.722, 90)]  # fmt: skip
+    assert accuracy.alerts[0].message == (
+        "routing accuracy 68.6% over the 2 days to 2026-11-03 (48 of 70 shadow comparisons) "
+        "is below the policy minimum of 90%"
+    )
+    assert accuracy.latest is None  # the last day is healthy again
+    # Up to the 4th, the last day alerts; from the 4th, the window still reaches back to the 3rd.
+    assert str(routing_accuracy(reports, Filters(until=date(2026, 11, 4))).latest.day) == "2026-11-04"  # type: ignore[union-attr]
+    since_4th = routing_accuracy(reports, Filters(since=date(2026, 11, 4)))
+    assert [r[0] for r in since_4th.table.rows] == ["2026-11-04", "2026-11-05"]
+    assert [str(a.day) for a in since_4th.alerts] == ["2026-11-04"]
+    assert routing_accuracy(reports, Filters(customer="x' OR '1'='1")).table.rows == []
+
+
+def test_routing_accuracy_by_strategy_pools_the_strategies_for_drift(clickhouse: ClickHouse) -> None:
+    clickhouse.insert_scores(drift_scores(strategies=("rules-v1", "rules-v2")))
+    accuracy = routing_accuracy(Reports(clickhouse, parse_policies(DRIFT)), Filters(), by_strategy=True)
+    rows = {(r[0], r[1]): r for r in accuracy.table.rows}
+    assert accuracy.table.columns[:4] == ["day", "strategy", "right", "judged"]
+    assert rows[("2026-11-03", "rules-v1")][2:4] == (10, 20) and rows[("2026-11-03", "rules-v2")][2:4] == (10, 20)
+    assert rows[("2026-11-03", "rules-v2")][-1] == "ALERT"
+    assert [str(a.day) for a in accuracy.alerts] == ["2026-11-03", "2026-11-04"]
 
 
 def test_margins_put_negative_customers_first_and_prorate_monthly_revenue(
@@ -301,4 +443,6 @@ def test_empty_reports_say_so_without_failing(reports: Reports) -> None:
     assert reports.savings(f).rows == []
     assert all(t.rows == [] for t in reports.routing(f))
     assert reports.quality(f).rows == [] and reports.latency(f).rows == []
+    assert routing_accuracy(reports, f).table.rows == [] and routing_accuracy(reports, f).latest is None
+    assert scores_by_route(reports, f).rows == []
     assert reports.margins(f).rows == []

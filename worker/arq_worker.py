@@ -9,16 +9,18 @@ arq is pinned to 0.28.* in pyproject.toml because this relies on its attributes.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import msgspec
 from arq import Worker
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
+from arq.typing import WorkerCoroutine
 from arq.utils import timestamp_ms
 from arq.worker import func
 
 from ladder.keys import Keys
-from ladder.messages import TIER_TASK_DECODER, TierTask
+from ladder.messages import TIER_TASK_DECODER
 from ladder.queueing import deserialize_arq, serialize_arq
 from policies.config import Policies
 
@@ -62,35 +64,49 @@ class LadderWorker(Worker):
             self.tasks[job_id] = task
 
 
-class TaskRuntime(Protocol):
+TaskT = TypeVar("TaskT")
+TaskT_contra = TypeVar("TaskT_contra", contravariant=True)
+
+
+class TaskRuntime(Protocol[TaskT_contra]):
     """What a queue's job function needs from its process: built once at start-up, shared by Workers."""
 
     keys: Keys
     redis: ArqRedis
     policies: Policies
 
-    async def run(self, task: TierTask, task_id: str, job_try: int) -> str: ...
+    async def run(self, task: TaskT_contra, task_id: str, job_try: int) -> str: ...
 
 
-async def run_task(ctx: dict[str, Any], raw: bytes) -> str:
-    """The one arq job function: decode the task, hand it to this process's runtime."""
-    runtime: TaskRuntime = ctx[RUNTIME_KEY]
-    return await runtime.run(TIER_TASK_DECODER.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
+def job_function(decoder: msgspec.msgpack.Decoder[TaskT]) -> WorkerCoroutine:
+    """An arq job function for one message type: decode the task, hand it to this process's runtime."""
+
+    async def run_task(ctx: dict[str, Any], raw: bytes) -> str:
+        runtime: TaskRuntime[TaskT] = ctx[RUNTIME_KEY]
+        return await runtime.run(decoder.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
+
+    return run_task
+
+
+run_task = job_function(TIER_TASK_DECODER)  # the tier and classify queues' job function
 
 
 def queue_worker(
-    runtime: TaskRuntime,
+    runtime: TaskRuntime[TaskT],
     queue: str,
     function_name: str,
     *,
+    decoder: msgspec.msgpack.Decoder[TaskT] | None = None,
     burst: bool = False,
     max_jobs: int = 64,
     poll_delay: float = 0.05,
     handle_signals: bool = True,
 ) -> Worker:
-    """An arq Worker on one queue with Ladder's serializer; results live in job records, not arq."""
+    """An arq Worker on one queue with Ladder's serializer; results live in job records, not arq.
+    `decoder` reads the queue's payloads; without one they are TierTasks (tier and classify queues)."""
+    function = run_task if decoder is None else job_function(decoder)
     return LadderWorker(
-        functions=[func(run_task, name=function_name)],
+        functions=[func(function, name=function_name)],
         queue_name=queue,
         redis_pool=runtime.redis,
         burst=burst,

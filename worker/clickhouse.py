@@ -297,12 +297,14 @@ class ClickHouse:
             self.client.command(f"EXCHANGE TABLES {db}.customers AND {db}.customers_loading")
             self.client.command(f"DROP TABLE {db}.customers_loading")
 
-    def month_spend(self, month: date) -> dict[str, Decimal]:
-        """Cost per customer in the calendar month that starts on `month` (classifier calls included)."""
+    def month_spend(self, month: date, shadow: bool = False) -> dict[str, Decimal]:
+        """Cost per customer in the calendar month that starts on `month` (classifier calls included;
+        shadow evaluation's calls only with `shadow`, as they are billed only with shadow.bill_customer)."""
         rows = self.query(
             "SELECT customer, sum(cost) FROM {db}.outcomes_daily "
-            "WHERE day >= {start:Date} AND day < addMonths({start:Date}, 1) GROUP BY customer",
-            {"start": month.replace(day=1)},
+            "WHERE day >= {start:Date} AND day < addMonths({start:Date}, 1) "
+            "AND ({shadow:Bool} OR route_source != 'shadow') GROUP BY customer",
+            {"start": month.replace(day=1), "shadow": shadow},
         )
         return {str(r[0]): Decimal(r[1]) for r in rows}
 

@@ -72,6 +72,8 @@ class ProviderPool:
         self.simulated: set[str] = set()
         self.accounts: dict[str, str] = {}  # provider name -> account label (a digest of its key)
         used = {c.provider for t in policies.tiers for c in t.candidates} | {policies.classifier.provider}
+        if policies.shadow.judge_provider:  # the judge of shadow evaluation may be a provider no tier uses
+            used.add(policies.shadow.judge_provider)
         for name in sorted(used):
             config = policies.providers[name]
             key = provider_key(config, env)

@@ -50,6 +50,7 @@ class Sink:
         flush_interval: float = 1.0,
         consumer: str | None = None,
         budgets: BudgetBook | None = None,
+        billed_shadow: bool = False,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -58,6 +59,7 @@ class Sink:
         self._flush_interval = flush_interval
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._budgets = budgets
+        self._billed_shadow = billed_shadow  # shadow.bill_customer: shadow calls count in the budgets
         self.stats = SinkStats()
 
     async def setup(self) -> None:
@@ -74,7 +76,8 @@ class Sink:
         """The sink is the one process that opens ClickHouse, so it brings the budgets' month-to-date
         spend in Redis up to ClickHouse's on start (Redis may have restarted without persistence)."""
         month = budgets.month()
-        spent = await asyncio.to_thread(self._ch.month_spend, date.fromisoformat(f"{month}-01"))
+        start = date.fromisoformat(f"{month}-01")
+        spent = await asyncio.to_thread(self._ch.month_spend, start, self._billed_shadow)
         await budgets.reconcile(month, spent)
 
     async def run(self, *, burst: bool = False, stop: asyncio.Event | None = None) -> SinkStats:
