@@ -650,7 +650,7 @@ def comparison_cost(policies: Policies, rows: Sequence[LabelledExample], plan: F
 
 
 def _compared(args: argparse.Namespace, policies: Policies) -> list[str]:
-    against = args.against or policies.strategy
+    against = args.against or policies.routing_strategy
     names = [against, *(n.strip() for n in (args.strategy or "").split(",") if n.strip())]
     unknown = [n for n in names if n not in policies.strategy_names]
     if unknown:

@@ -163,7 +163,7 @@ def _share(args: argparse.Namespace, chosen: Policies) -> float | None:
 def plan_build(args: argparse.Namespace) -> Plan:
     settings = Settings.from_env(getattr(args, "policies", None))
     policies = settings.policies
-    source = args.source or policies.strategy
+    source = args.source or policies.routing_strategy
     if source not in policies.strategy_names:
         raise BuildError(f"--from: unknown strategy '{source}' (strategies: {', '.join(policies.strategy_names)})")
     if not _NAME.match(args.name) or args.name == source:
@@ -571,7 +571,9 @@ def _next_steps(plan: Plan) -> str:
         f"Add to {where}:\n\n{policies_lines(plan)}\n"
         f"Compare before switching:\n\n  ladder eval --labelled {holdout} --strategy {plan.name} "
         f"--against {plan.source}\n\n"
-        f"Then try it on {_EXPERIMENT_SHARE:.0%} of the traffic:\n\n{experiment_lines(plan)}"
+        f"Then try it on {_EXPERIMENT_SHARE:.0%} of the traffic:\n\n{experiment_lines(plan)}\n"
+        f"and once `ladder report experiment {plan.name}-trial` says it wins, route every job by it:\n\n"
+        f"default_strategy = {_toml_value(plan.name)}   # a top-level key, above the first [section]\n"
     )
 
 

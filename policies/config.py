@@ -224,6 +224,7 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     budgets: Budgets = Budgets()
     strategy: str = "rules-v1"  # the name of the top-level rules, classifier and embedding sections
     strategies: dict[str, Strategy] = {}  # further versions, for experiments and for switching
+    default_strategy: str = ""  # what routes jobs no experiment covers; empty: `strategy` (the top-level sections)
     experiments: list[Experiment] = []
     verdict: VerdictPolicy = VerdictPolicy()
     shadow: Shadow = Shadow()
@@ -242,6 +243,11 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def middle_tier(self) -> Tier:
         """The savings report's second counterfactual: the second of three tiers (of two, the top)."""
         return self.tiers[len(self.tiers) // 2]
+
+    @property
+    def routing_strategy(self) -> str:
+        """The strategy of jobs outside every experiment."""
+        return self.default_strategy or self.strategy
 
     @property
     def strategy_names(self) -> list[str]:
@@ -312,6 +318,9 @@ def _check_strategies(p: Policies) -> Policies:
             _check_routing(p.for_strategy(name), "" if name == p.strategy else f"strategies.{name}.")
         except PolicyError as e:
             raise PolicyError(str(e)) from None
+    if p.default_strategy and p.default_strategy not in p.strategy_names:
+        known = ", ".join(p.strategy_names)
+        raise PolicyError(f"default_strategy: unknown strategy '{p.default_strategy}' (known: {known})")
     experiment_names = [e.name for e in p.experiments]
     if len(set(experiment_names)) != len(experiment_names):
         raise PolicyError(f"experiments: duplicate names in {experiment_names}")

@@ -42,7 +42,7 @@ class Producer:
 
     def task_for(self, job: Job, batch: str) -> TierTask:
         """The job routed by the rules of its strategy: the default one, or its experiment arm's."""
-        chosen = assign(self._policies.experiments, self._policies.strategy, job)
+        chosen = assign(self._policies.experiments, self._policies.routing_strategy, job)
         route = self._routers[chosen.strategy].route(job)
         return TierTask(
             job=job,

@@ -162,8 +162,9 @@ class ClassifierRuntime:
         """A strategy no longer in the policies (its jobs were queued before a switch) routes by the default."""
         known = self._strategies.get(strategy)
         if known is None:
-            log.warning("unknown strategy, routing by the default", strategy=strategy, default=self.policies.strategy)
-            return self._strategies[self.policies.strategy]
+            default = self.policies.routing_strategy
+            log.warning("unknown strategy, routing by the default", strategy=strategy, default=default)
+            return self._strategies[default]
         return known
 
     async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
