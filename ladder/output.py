@@ -69,5 +69,5 @@ def render(
     for r in rows:
         table.add_row(*(cell(v) for v in r))
     console.print(table)
-    for note in notes:
-        console.print(note)
+    for note in notes:  # plain text: a note may quote "[section]" names or user values
+        console.print(note, markup=False, highlight=False)

@@ -325,7 +325,8 @@ class Reports:
             "SELECT route_source, tier, sumIf(calls, status = 'ok' AND error_class = ''), "
             "sumIf(calls, error_class IN {answer_classes:Array(String)}), sum(jobs)",
             filters,
-            "AND tier != {classify:String} GROUP BY route_source, tier",
+            # Shadow calls are references, not answers the job kept: they are judged in the scores.
+            "AND tier != {classify:String} AND route_source != 'shadow' GROUP BY route_source, tier",
         )
         out = []
         for route, tier, passed, problems, jobs in sorted(rows, key=lambda r: (r[0], self.tier_rank(r[1]))):
