@@ -194,6 +194,19 @@ async def test_an_unusable_judge_answer_leaves_routing_unknown(
         assert "unusable" in detail
 
 
+async def test_a_reference_that_fails_the_checks_judges_nothing(
+    make_settings: MakeSettings, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """A premium answer that would itself have been escalated cannot say the cheap one was wrong."""
+    fake.reply(PREMIUM, "I'm not sure how to summarize this.")
+    async with open_app(make_settings()) as app:
+        await process(app, _jobs(tmp_path, line(id="c", prompt="Summarize: fine", task="summarization")), "r")
+        ((tier, source, score, routing, label, method, detail),) = _scores(app).values()
+    assert (tier, source, score, routing, label, method) == ("cheap", "shadow", 0.0, -1, "", "reference")
+    assert detail == "the reference answer failed the checks: uncertain"
+    assert sum(1 for c in fake.calls() if c.model == PREMIUM) == 1  # the reference only: no judge asked
+
+
 # --- re-runs and failures -------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from ladder.messages import (
     TierTask,
 )
 from ladder.queueing import SHADOW_FUNCTION
+from policies.answer_checks import AnswerChecker
 from policies.config import SHADOW_QUEUE, Candidate, Policies
 from policies.prices import PriceBook
 from policies.shadow import JUDGE, JUDGE_RUBRIC, agrees, compare_answers, judge_messages, parse_judge
@@ -122,6 +123,7 @@ class ShadowRuntime:
             Candidate(shadow.judge_provider, shadow.judge_model) if shadow.judge_provider else self.tier.candidates[0]
         )
         self.rubric = shadow.rubric or JUDGE_RUBRIC
+        self.checker = AnswerChecker(policies.escalation)
         self.budget = BudgetBook.for_policies(redis, keys, policies) if shadow.bill_customer else None
         limits = RateLimitStep(RateLimiter(redis, keys.prefix), policies, providers.accounts)
         # No budget step: a shadow call is never refused for the customer's budget. It is not the
@@ -144,7 +146,7 @@ class ShadowRuntime:
         )  # fmt: skip
         score = None
         if reference is not None:
-            judged = await self._judge(shadow, reference.text, calls)
+            judged = await self._judge(shadow, reference, calls)
             score = shadow_score(shadow, judged, self.tier.name, self.policies.learning.text_chars)
         await self._settle(task_id, shadow, calls.rows, score)
         if score is None:
@@ -154,9 +156,14 @@ class ShadowRuntime:
                  routing=score.routing.name, method=score.method, calls=len(calls.rows))  # fmt: skip
         return score.routing.name.lower()
 
-    async def _judge(self, shadow: ShadowTask, reference: str, calls: ShadowCalls) -> Judgement:
-        """Compare without a model where the answers have a checkable shape; else ask the judge."""
-        compared = compare_answers(shadow.task.job.task, shadow.answer, reference)
+    async def _judge(self, shadow: ShadowTask, answered: Completion, calls: ShadowCalls) -> Judgement:
+        """Compare without a model where the answers have a checkable shape; else ask the judge. A
+        reference that fails the tier workers' own checks (refused, empty, invalid JSON...) judges nothing."""
+        job, reference = shadow.task.job, answered.text
+        problem = self.checker.problem(reference, answered.finish_reason, job.json_schema)
+        if problem is not None:
+            return Judgement(0.0, Routing.UNKNOWN, "reference", f"the reference answer failed the checks: {problem[0]}")
+        compared = compare_answers(job.task, shadow.answer, reference)
         if compared is not None:
             return self._judgement(compared.score, compared.method, compared.detail)
         messages = judge_messages(shadow.task.job.text(), reference=reference, candidate=shadow.answer,
