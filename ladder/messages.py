@@ -176,6 +176,22 @@ def job_record(task: TierTask, status: str, **fields: Any) -> JobRecord:
     )
 
 
+def task_score(task: TierTask, **fields: Any) -> Score:
+    """A score on the job of `task`, with who and what it was for taken from the task."""
+    job = task.job
+    return Score(
+        job_id=job.id,
+        batch=task.batch,
+        customer=job.customer,
+        feature=job.feature,
+        task=job.task.value,
+        strategy=task.strategy,
+        experiment=task.experiment,
+        arm=task.arm,
+        **fields,
+    )
+
+
 class DeadLetter(msgspec.Struct, frozen=True):
     job_id: str
     batch: str

@@ -32,10 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.embedding import Vectors, knn_vote
+from policies.jsonl import parse_lines
 
 LABELS = ("simple", "complex")
 _TIE = 1e-9
-_MAX_REPORTED = 10  # bad lines named in one error; a wholly wrong file should not print thousands
 
 
 class ExamplesError(ValueError):
@@ -77,21 +77,7 @@ def _example(raw: bytes | str, number: int, tier_names: Sequence[str]) -> Exampl
 
 def parse_examples(text: str, tier_names: Sequence[str], source: str = "<examples>") -> list[Example]:
     """Every example of a JSONL text; ExamplesError naming the bad lines if any is wrong."""
-    examples: list[Example] = []
-    errors: list[str] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            examples.append(_example(raw, number, tier_names))
-        except ValueError as e:
-            errors.append(f"line {number}: {e}")
-    if errors:
-        more = f" (and {len(errors) - _MAX_REPORTED} more bad lines)" if len(errors) > _MAX_REPORTED else ""
-        raise ExamplesError(f"{source}: " + "; ".join(errors[:_MAX_REPORTED]) + more)
-    if not examples:
-        raise ExamplesError(f"{source}: no examples")
-    return examples
+    return parse_lines(text, lambda raw, number: _example(raw, number, tier_names), ExamplesError, source, "examples")
 
 
 class EmbeddingRouter:

@@ -27,11 +27,11 @@ import msgspec
 
 from policies.embedding_router import Example
 from policies.experiments import bucket
+from policies.jsonl import parse_lines
 
 SOURCE_RANK = {"escalation": 0, "shadow": 1, "feedback": 2}  # higher wins
 UNKNOWN_ROUTING = -1
 HOLDOUT_SALT = "holdout"
-_MAX_REPORTED = 10  # bad lines named in one error
 
 
 class LabelsError(ValueError):
@@ -283,21 +283,7 @@ def parse_labelled(
 ) -> list[LabelledExample]:
     """Every line of a labelled JSONL text ({"text", "tier" | "label", "job_id"?, "task"?, "feature"?,
     "input_tokens"?, "output_tokens"?}); LabelsError naming the bad lines if any is wrong."""
-    rows: list[LabelledExample] = []
-    errors: list[str] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            rows.append(_labelled(raw, tier_names, tasks))
-        except ValueError as e:
-            errors.append(f"line {number}: {e}")
-    if errors:
-        more = f" (and {len(errors) - _MAX_REPORTED} more bad lines)" if len(errors) > _MAX_REPORTED else ""
-        raise LabelsError(f"{source}: " + "; ".join(errors[:_MAX_REPORTED]) + more)
-    if not rows:
-        raise LabelsError(f"{source}: no labelled lines")
-    return rows
+    return parse_lines(text, lambda raw, _: _labelled(raw, tier_names, tasks), LabelsError, source, "labelled lines")
 
 
 class RoutingFigures(msgspec.Struct):

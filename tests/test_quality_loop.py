@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_provider import FakeProvider
-from tests.helpers import ladder, line
+from tests.helpers import THREE_TIERS, ladder, line
 
 CHEAP, PREMIUM, CLASSIFIER = "gpt-4o-mini", "claude-3-5-sonnet-20241022", "gpt-4.1-nano"
 
@@ -24,33 +24,11 @@ pytestmark = pytest.mark.skipif(
 
 # Classification jobs reach the undecided band, where v1 has only the classifier model (which calls
 # every one of them simple); shadow evaluation re-asks every cheap answer on premium.
-POLICIES = """
-strategy = "v1"
-
-[[tiers]]
-name = "cheap"
-candidates = [{ provider = "openai", model = "gpt-4o-mini" }]
-
-[[tiers]]
-name = "standard"
-candidates = [{ provider = "gemini", model = "gemini-2.0-flash" }]
-
-[[tiers]]
-name = "premium"
-candidates = [{ provider = "anthropic", model = "claude-3-5-sonnet-20241022" }]
-
-[rules.classify]
-tasks = ["classification"]
-min_input_tokens = 0
-
-[classifier]
-provider = "openai"
-model = "gpt-4.1-nano"
-
-[shadow]
-enabled = true
-sample = 1.0
-"""
+POLICIES = (
+    'strategy = "v1"\n'
+    + THREE_TIERS.replace("min_input_tokens = 300", 'min_input_tokens = 0\ntasks = ["classification"]')
+    + "\n[shadow]\nenabled = true\nsample = 1.0\n"
+)
 
 TAX = [
     "Does the IRS tax capital gains on inherited stock at the stepped-up basis? Answer up or down.",

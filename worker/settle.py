@@ -28,6 +28,7 @@ from ladder.messages import (
     Status,
     TierTask,
     job_record,
+    task_score,
 )
 from ladder.queueing import add_shadow, add_to_queue
 from policies.config import Policies
@@ -97,17 +98,10 @@ def outcome_event(
 
 def escalation_score(call: Call, error: BadAnswer, next_tier: str, text_chars: int) -> Score:
     """An answer that failed the checks labels its job for a higher tier: a labelled example for the loop."""
-    task, job = call.task, call.task.job
-    return Score(
+    job = call.task.job
+    return task_score(
+        call.task,
         event_id=f"{job.id}#escalation@{call.tier}",
-        job_id=job.id,
-        batch=task.batch,
-        customer=job.customer,
-        feature=job.feature,
-        task=job.task.value,
-        strategy=task.strategy,
-        experiment=task.experiment,
-        arm=task.arm,
         tier=call.tier,
         source=ScoreSource.ESCALATION,
         score=0.0,

@@ -10,7 +10,6 @@ budget hold: they are Ladder's cost, charged to the customer only with shadow.bi
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from ladder.messages import (
     ShadowTask,
     Status,
     TierTask,
+    task_score,
 )
 from ladder.queueing import SHADOW_FUNCTION
 from policies.answer_checks import AnswerChecker
@@ -47,7 +47,7 @@ from worker.provider import Completion, CompletionRequest, ProviderError, RateLi
 from worker.providers import ProviderPool
 from worker.rate_limiter import RateLimiter, RateLimitStep
 from worker.settle import ERROR_MESSAGE_CHARS, SETTLED_TTL_S, outcome_event
-from worker.steps import Call, Priced, compose, logged, timed
+from worker.steps import Call, Priced, call_before, compose, logged, timed
 
 log = structlog.get_logger("ladder.shadow")
 
@@ -76,18 +76,11 @@ class ShadowCalls:
 
 def shadow_score(shadow: ShadowTask, judged: Judgement, shadow_tier: str, text_chars: int) -> Score:
     """The score on the lower tier's answer; right labels the job with that tier, wrong with the shadow tier."""
-    task, job = shadow.task, shadow.task.job
+    job = shadow.task.job
     label = {Routing.RIGHT: shadow.tier, Routing.WRONG: shadow_tier}.get(judged.routing, "")
-    return Score(
+    return task_score(
+        shadow.task,
         event_id=f"{job.id}#shadow",
-        job_id=job.id,
-        batch=task.batch,
-        customer=job.customer,
-        feature=job.feature,
-        task=job.task.value,
-        strategy=task.strategy,
-        experiment=task.experiment,
-        arm=task.arm,
         tier=shadow.tier,
         source=ScoreSource.SHADOW,
         score=judged.score,
@@ -208,14 +201,8 @@ class ShadowRuntime:
         return None
 
     async def _attempt(self, call: Call, deadline: float) -> tuple[Completion | None, ProviderError | None]:
-        try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await self._handler(call), None
-        except ProviderError as e:
-            return None, e
-        except TimeoutError:
-            budget = self.policies.limits.job_timeout_s
-            return None, TimedOut(f"the shadow evaluation's time budget of {budget}s ran out")
+        out_of_time = f"the shadow evaluation's time budget of {self.policies.limits.job_timeout_s}s ran out"
+        return await call_before(self._handler, call, deadline, out_of_time)
 
     def _row(
         self, call: Call, kind: str, status: Status, error: ProviderError | None, completion: Completion | None

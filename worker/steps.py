@@ -6,6 +6,7 @@ Rate limits, budgets and answer checks join this list as steps of their own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from ladder.messages import TierTask
 from policies.answer_checks import AnswerChecker
 from policies.config import Candidate
 from policies.prices import PriceBook
-from worker.provider import BadAnswer, Completion, CompletionRequest, ProviderError
+from worker.provider import BadAnswer, Completion, CompletionRequest, ProviderError, TimedOut
 
 log = structlog.get_logger("ladder.call")
 
@@ -46,6 +47,20 @@ def compose(steps: Sequence[Step], innermost: Handler) -> Handler:
     for step in reversed(steps):
         handler = partial(step, proceed=handler)  # type: ignore[call-arg]
     return handler
+
+
+async def call_before(
+    handler: Handler, call: Call, deadline: float, out_of_time: str
+) -> tuple[Completion | None, ProviderError | None]:
+    """The call's answer or its error; running past `deadline` (time.monotonic()) is a TimedOut
+    saying `out_of_time`, so a runtime settles its own failure before arq's job timeout cancels it."""
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await handler(call), None
+    except ProviderError as e:
+        return None, e
+    except TimeoutError:
+        return None, TimedOut(out_of_time)
 
 
 async def timed(call: Call, proceed: Handler) -> Completion:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +31,7 @@ from worker.provider import (
 from worker.providers import ProviderPool
 from worker.rate_limiter import RateLimiter, RateLimitStep
 from worker.settle import Settler
-from worker.steps import AnswerChecks, Call, Priced, Step, compose, logged, timed
+from worker.steps import AnswerChecks, Call, Priced, Step, call_before, compose, logged, timed
 
 
 class TierRuntime:
@@ -115,13 +114,8 @@ class TierRuntime:
         return Call(task, tier, candidate, request, number=number)
 
     async def _attempt(self, call: Call, deadline: float) -> tuple[Completion | None, ProviderError | None]:
-        try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await self._handler(call), None
-        except ProviderError as e:
-            return None, e
-        except TimeoutError:
-            return None, TimedOut(f"the tier's time budget of {self.policies.limits.job_timeout_s}s ran out")
+        budget = self.policies.limits.job_timeout_s
+        return await call_before(self._handler, call, deadline, f"the tier's time budget of {budget}s ran out")
 
     async def _record(self, call: Call, status: Status, error: ProviderError) -> Attempt:
         return await self.settler.record(call, status, error, self.providers.is_simulated(call.candidate.provider))
