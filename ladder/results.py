@@ -13,7 +13,7 @@ from ladder.messages import JOB_RECORD_DECODER, JobRecord
 PAGE = 1000
 
 
-class ResultLine(msgspec.Struct):
+class ResultLine(msgspec.Struct, omit_defaults=True):
     id: str
     status: str
     tier: str
@@ -27,6 +27,9 @@ class ResultLine(msgspec.Struct):
     first_tier: str
     reason: str
     simulated: bool
+    strategy: str = ""
+    experiment: str = ""  # with arm: omitted from the line when the job was in no experiment
+    arm: str = ""
 
 
 def result_line(record: JobRecord) -> ResultLine:
@@ -44,6 +47,9 @@ def result_line(record: JobRecord) -> ResultLine:
         first_tier=record.first_tier,
         reason=record.reason,
         simulated=record.simulated,
+        strategy=record.strategy,
+        experiment=record.experiment,
+        arm=record.arm,
     )
 
 

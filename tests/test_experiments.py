@@ -11,6 +11,7 @@ import pytest
 
 from ladder.app import open_app
 from ladder.messages import Job
+from ladder.results import batch_records, result_line
 from ladder.settings import Settings
 from policies.config import PolicyError, parse_policies
 from policies.experiments import Arm, Experiment, assign, bucket
@@ -123,6 +124,10 @@ async def test_every_row_carries_its_strategy_and_arm_and_each_arm_routes_by_its
         rows = app.clickhouse().query(
             "SELECT job_id, experiment, arm, strategy, tier FROM {db}.outcomes FINAL WHERE final ORDER BY job_id"
         )
+        results = {r.id: result_line(r) async for r in batch_records(app.redis, app.keys, "exp")}
+    assert {i: (r.experiment, r.arm) for i, r in results.items()} == {
+        i: ("standard-default", arm) for i, arm in expected.items()
+    }
     assert len(rows) == 300
     assert {r[0]: r[2] for r in rows} == expected
     assert {(r[1], r[2], r[3], r[4]) for r in rows} == {
