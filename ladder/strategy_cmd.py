@@ -13,6 +13,9 @@ them over the current strategy's examples and writes three files beside the poli
 
 It then prints the lines that make NEW a strategy of the policies file, and an experiment block to
 try it on a tenth of the traffic once the comparison says it is better. Nothing is switched here.
+
+This module plans the build, runs its steps and prints the result; the reads are in
+strategy_inputs.py, the files and the lines for the policies file in strategy_file.py.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -35,18 +38,28 @@ import numpy.typing as npt
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ladder.messages import Rejection
 from ladder.output import render
 from ladder.report import ReportError, parse_day
 from ladder.settings import Settings, redacted_url
+from ladder.strategy_file import (
+    EXPERIMENT_SHARE,
+    BuildError,
+    Plan,
+    check_loads,
+    experiment_lines,
+    policies_lines,
+    strategy_sections,
+    strategy_toml,
+    toml_value,
+    write_files,
+)
+from ladder.strategy_inputs import current_examples, job_texts, read_scores, token_counts
 from policies.calibration import cut_for_share
-from policies.config import Policies, PolicyError, default_policies_text, examples_path, parse_policies
+from policies.config import Policies, PolicyError
 from policies.embedding import Vectors, knn_vote
-from policies.embedding_router import Example, ExamplesError, parse_examples
-from policies.labels import Built, LabelledExample, LabelRow, LabelSummary, build_examples, choose_labels
-from producer.intake import JobValidator, read_lines
+from policies.embedding_router import ExamplesError
+from policies.labels import Built, LabelledExample, LabelSummary, build_examples, choose_labels
 from worker.clickhouse import ClickHouse
 from worker.provider import ProviderError
 
@@ -55,31 +68,14 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 OUTPUT_FORMATS = ("table", "json")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a TOML key and a file name alike
-_SHOWN_REJECTS = 20
-_IDS_PER_QUERY = 5000
 _CALIBRATION_FOLDS = 5
 _QUERY_CHUNK = 1024  # examples scored at once: a chunk's similarity matrix stays small
-_EXPERIMENT_SHARE = 0.1
-
-# Fixed SQL; only parameters vary. FINAL: a later feedback on a job has replaced the earlier one.
-_SCORES_SQL = (
-    "SELECT job_id, source, routing, label_tier, text, toUnixTimestamp64Milli(at) / 1000.0, task, feature "
-    "FROM {db}.scores FINAL"
-)
-_TOKENS_SQL = (
-    "SELECT job_id, any(input_tokens), any(output_tokens) FROM {db}.outcomes FINAL "
-    "WHERE final AND job_id IN {ids:Array(String)} GROUP BY job_id"
-)
 
 HELP = """Build the next strategy version from the labelled scores of past jobs (escalations, shadow
 comparisons, feedback) and write NEW.examples.jsonl, NEW.holdout.jsonl and NEW.toml. Nothing is
 switched: the command prints the lines to add to the policies file. It reads ClickHouse; with the
 embedded chdb (CLICKHOUSE_URL unset or chdb://) only one process may open its folder, so run it
 while no sink or `ladder run` is running."""
-
-
-class BuildError(ValueError):
-    """The build cannot go on; the message says why and what to do."""
 
 
 class NoLabels(BuildError):
@@ -112,36 +108,6 @@ def add_strategy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     b.add_argument("--force", action="store_true", help="overwrite files left by an earlier build")
     b.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the build reads and writes, checked before anything is read."""
-
-    settings: Settings
-    policies_file: Path | None
-    source: str
-    name: str
-    out_dir: Path
-    since: date | None
-    until: date | None
-    holdout_share: float
-    share: float | None  # the top-tier share premium_score is calibrated for; None: no cut
-
-    @property
-    def chosen(self) -> Policies:
-        return self.settings.policies.for_strategy(self.source)
-
-    def path(self, suffix: str) -> Path:
-        return self.out_dir / f"{self.name}{suffix}"
-
-    @property
-    def files(self) -> dict[str, Path]:
-        return {
-            "examples": self.path(".examples.jsonl"),
-            "holdout": self.path(".holdout.jsonl"),
-            "strategy": self.path(".toml"),
-        }
 
 
 def _policies_file(args: argparse.Namespace) -> Path | None:
@@ -191,7 +157,7 @@ def plan_build(args: argparse.Namespace) -> Plan:
     return plan
 
 
-# ---- reading --------------------------------------------------------------------------------------
+# ---- opening ClickHouse (the reads themselves: strategy_inputs.py) -------------------------------
 
 
 def open_clickhouse(settings: Settings) -> ClickHouse:
@@ -206,66 +172,6 @@ def open_clickhouse(settings: Settings) -> ClickHouse:
         )
         raise BuildError(f"cannot open ClickHouse at {redacted_url(settings.clickhouse_url)}{hint}: {e}") from None
     return clickhouse
-
-
-def read_scores(clickhouse: ClickHouse, since: date | None, until: date | None) -> list[LabelRow]:
-    conditions, parameters = [], {}
-    if since is not None:
-        conditions.append("toDate(at) >= {since:Date}")
-        parameters["since"] = since
-    if until is not None:
-        conditions.append("toDate(at) <= {until:Date}")
-        parameters["until"] = until
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    rows = clickhouse.query(_SCORES_SQL + where, parameters)
-    return [
-        LabelRow(str(job), str(source), int(routing), str(label), str(text), float(at), str(task), str(feature))
-        for job, source, routing, label, text, at, task, feature in rows
-    ]
-
-
-def token_counts(clickhouse: ClickHouse, job_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """(input, output) tokens of each job's final call, where it is stored."""
-    counts: dict[str, tuple[int, int]] = {}
-    for start in range(0, len(job_ids), _IDS_PER_QUERY):
-        rows = clickhouse.query(_TOKENS_SQL, {"ids": list(job_ids[start : start + _IDS_PER_QUERY])})
-        counts.update({str(job): (int(i), int(o)) for job, i, o in rows})
-    return counts
-
-
-def job_texts(paths: Sequence[Path], wanted: set[str], policies: Policies) -> dict[str, str]:
-    """The texts of the wanted jobs from job files (read streaming, as `ladder enqueue` reads them), cut
-    to learning.text_chars as the scores' texts are; bad lines are shown with their number and skipped."""
-    validator = JobValidator(policies)
-    limit = policies.learning.text_chars
-    texts: dict[str, str] = {}
-    for path in paths:
-        rejected = 0
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=err
-        ) as bar:
-            task = bar.add_task(f"texts from {path.name}", total=path.stat().st_size)
-            for number, raw, done in read_lines(path):
-                parsed = validator.parse_line(number, raw)
-                if isinstance(parsed, Rejection):
-                    rejected += 1
-                    if rejected <= _SHOWN_REJECTS:
-                        err.print(f"[yellow]{escape(path.name)} line {number}[/]: {escape(parsed.reason)}")
-                elif parsed.id in wanted:
-                    texts[parsed.id] = parsed.text()[:limit]
-                bar.update(task, completed=done)
-        if rejected > _SHOWN_REJECTS:
-            err.print(f"... {rejected - _SHOWN_REJECTS:,} more bad lines in {path}")
-    return texts
-
-
-def current_examples(chosen: Policies) -> list[Example]:
-    """The examples the source strategy routes by: none when its embedding routing is off and it names
-    no examples file (the packaged examples are a demo, not anyone's labels)."""
-    if not chosen.embedding.enabled and not chosen.embedding.examples:
-        return []
-    path = examples_path(chosen)
-    return parse_examples(path.read_text(encoding="utf-8"), chosen.tier_names, str(path))
 
 
 # ---- calibrating the cut --------------------------------------------------------------------------
@@ -313,139 +219,6 @@ def calibrated_cut(plan: Plan, examples: Sequence[LabelledExample], share: float
     return cut, float((scores >= cut).mean())
 
 
-# ---- writing --------------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")  # TOML wants DEL escaped too
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _toml_table(name: str, table: dict[str, Any]) -> list[str]:
-    lines = [f"[{name}]"]
-    lines += [f"{key} = {_toml_value(v)}" for key, v in table.items() if not isinstance(v, dict)]
-    for key, v in table.items():
-        if isinstance(v, dict):
-            lines += ["", *_toml_table(f"{name}.{key}", v)]
-    return lines
-
-
-def _differences(base: Any, chosen: Any) -> dict[str, Any]:
-    """The fields of `chosen` (nested dicts of builtins) that differ from `base`."""
-    changed: dict[str, Any] = {}
-    for key, value in chosen.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            inner = _differences(base[key], value)
-            if inner:
-                changed[key] = inner
-        elif base.get(key) != value:
-            changed[key] = value
-    return changed
-
-
-def strategy_sections(plan: Plan, cut: float | None) -> dict[str, dict[str, Any]]:
-    """NEW's sections over the top level: the source's own rules and classifier changes (a strategy
-    file is merged over the top-level sections, not over its source) and the new [embedding]."""
-    top, chosen = plan.settings.policies, plan.chosen
-    sections: dict[str, dict[str, Any]] = {}
-    for section in ("rules", "classifier"):
-        changed = _differences(
-            msgspec.to_builtins(getattr(top, section)), msgspec.to_builtins(getattr(chosen, section))
-        )
-        if changed:
-            sections[section] = changed
-    e = chosen.embedding
-    embedding: dict[str, Any] = {
-        "enabled": True,
-        "embedder": e.embedder,
-        "examples": plan.files["examples"].name,
-        "k": e.k,
-        "threshold": e.threshold,
-    }
-    if cut is not None and plan.share is not None:
-        embedding |= {"premium_share_target": plan.share, "premium_score": round(cut, 6)}
-    sections["embedding"] = embedding
-    return sections
-
-
-def strategy_toml(plan: Plan, sections: dict[str, dict[str, Any]], summary: LabelSummary) -> str:
-    header = [
-        f"# Strategy '{plan.name}', built by `ladder strategy build` from '{plan.source}' on "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC:",
-        f"# {summary.labelled_jobs:,} labelled jobs, {summary.examples_after:,} examples, "
-        f"{summary.holdout:,} held out in {plan.files['holdout'].name}.",
-        "# Sections here are merged over the policies file's top-level ones.",
-    ]
-    body: list[str] = []
-    for name, table in sections.items():
-        body += ["", *_toml_table(name, table)]
-    return "\n".join(header + body) + "\n"
-
-
-def _jsonl(rows: Iterable[msgspec.Struct]) -> bytes:
-    encoder = msgspec.json.Encoder()
-    return b"".join(encoder.encode(r) + b"\n" for r in rows)
-
-
-class _ExampleLine(msgspec.Struct):
-    text: str
-    tier: str
-
-
-def write_files(plan: Plan, built: Built, holdout: Sequence[LabelledExample], toml_text: str) -> None:
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    files = plan.files
-    files["examples"].write_bytes(_jsonl(_ExampleLine(e.text, e.tier) for e in built.examples))
-    files["holdout"].write_bytes(_jsonl(holdout))
-    files["strategy"].write_text(toml_text, encoding="utf-8")
-
-
-def _file_key(plan: Plan) -> str:
-    """The strategy file as the policies file should name it: relative to its folder when possible."""
-    target = plan.files["strategy"].resolve()
-    if plan.policies_file is None:
-        return str(target)
-    return os.path.relpath(target, plan.policies_file.resolve().parent)
-
-
-def policies_lines(plan: Plan) -> str:
-    return f'[strategies."{plan.name}"]\nfile = {_toml_value(_file_key(plan))}\n'
-
-
-def experiment_lines(plan: Plan) -> str:
-    control = round(1.0 - _EXPERIMENT_SHARE, 6)
-    return (
-        "[[experiments]]\n"
-        f"name = {_toml_value(f'{plan.name}-trial')}\n"
-        "arms = [\n"
-        f'  {{ name = "control", strategy = {_toml_value(plan.source)}, share = {control} }},\n'
-        f"  {{ name = {_toml_value(plan.name)}, strategy = {_toml_value(plan.name)}, share = {_EXPERIMENT_SHARE} }},\n"
-        "]\n"
-    )
-
-
-def check_loads(plan: Plan) -> None:
-    """The policies file with the lines added must load NEW with its examples: a build that wrote a
-    strategy nobody can start is a failed build."""
-    text = plan.policies_file.read_text(encoding="utf-8") if plan.policies_file else default_policies_text()
-    folder = plan.policies_file.parent if plan.policies_file else plan.out_dir
-    if plan.name not in plan.settings.policies.strategy_names:
-        text += "\n" + policies_lines(plan)
-    try:
-        loaded = parse_policies(text, str(plan.policies_file or "<policies>"), folder).for_strategy(plan.name)
-        path = examples_path(loaded)
-        parse_examples(path.read_text(encoding="utf-8"), loaded.tier_names, str(path))
-    except (PolicyError, ExamplesError, OSError, KeyError) as e:
-        raise BuildError(f"the written strategy does not load: {e}") from None
-
-
 # ---- the command ----------------------------------------------------------------------------------
 
 
@@ -470,7 +243,7 @@ def _labels(plan: Plan, clickhouse: ClickHouse, jobs: Sequence[Path]) -> Built:
             "label): nothing to build. Labels come from escalations, shadow comparisons and `ladder feedback`."
         )
     missing = choice.without_text()
-    texts = job_texts(jobs, missing, policies) if jobs and missing else {}
+    texts = job_texts(jobs, missing, policies, err) if jobs and missing else {}
     current = current_examples(plan.chosen)
     built = build_examples(choice, current, policies.tier_names, job_texts=texts, holdout_share=plan.holdout_share)
     if built.summary.without_text == built.summary.labelled_jobs:
@@ -571,9 +344,9 @@ def _next_steps(plan: Plan) -> str:
         f"Add to {where}:\n\n{policies_lines(plan)}\n"
         f"Compare before switching:\n\n  ladder eval --labelled {holdout} --strategy {plan.name} "
         f"--against {plan.source}\n\n"
-        f"Then try it on {_EXPERIMENT_SHARE:.0%} of the traffic:\n\n{experiment_lines(plan)}\n"
+        f"Then try it on {EXPERIMENT_SHARE:.0%} of the traffic:\n\n{experiment_lines(plan)}\n"
         f"and once `ladder report experiment {plan.name}-trial` says it wins, route every job by it:\n\n"
-        f"default_strategy = {_toml_value(plan.name)}   # a top-level key, above the first [section]\n"
+        f"default_strategy = {toml_value(plan.name)}   # a top-level key, above the first [section]\n"
     )
 
 
