@@ -33,8 +33,7 @@ SCORES_BY_ROUTE = f"""
 SELECT if(r.route = '', '(unknown)', r.route) AS scored_route, s.tier AS scored_tier,
        countIf(s.source = {{shadow_scores:String}} AND s.routing != {{unknown:Int8}}),
        countIf(s.source = {{shadow_scores:String}} AND s.routing = {{right:Int8}}),
-       countIf(s.source = {{shadow_scores:String}}),
-       sumIf(s.score, s.source = {{shadow_scores:String}}),
+       sumIf(s.score, s.source = {{shadow_scores:String}} AND s.routing != {{unknown:Int8}}),
        countIf(s.source = {{feedback:String}}),
        sumIf(s.score, s.source = {{feedback:String}})
 FROM ({_SCORED}) AS s
@@ -52,11 +51,12 @@ def scores_by_route(reports: Reports, filters: Filters) -> Table:
     route and tier of the scored answer: the companion of the validation pass rate."""
     rows = sorted(reports.query(SCORES_BY_ROUTE, filters), key=lambda r: (r[0], reports.tier_rank(r[1])))
     out = []
-    for route, tier, judged, right, shadow_count, shadow_sum, feedback, feedback_sum in rows:
+    # A comparison that could not judge (routing unknown) has no score to average either.
+    for route, tier, judged, right, shadow_sum, feedback, feedback_sum in rows:
         low, high = wilson_interval(int(right), int(judged), ACCURACY_CONFIDENCE) if judged else (None, None)
         out.append(
             (str(route), str(tier), int(judged), _percent(int(right), int(judged)), _scaled(low), _scaled(high),
-             _mean(shadow_sum, shadow_count), int(feedback), _mean(feedback_sum, feedback))
+             _mean(shadow_sum, judged), int(feedback), _mean(feedback_sum, feedback))
         )  # fmt: skip
     columns = ["route", "tier", "shadow_judged", "shadow_agree_%", "ci95_low_%", "ci95_high_%", "shadow_mean_%",
                "feedback", "feedback_mean_%"]  # fmt: skip

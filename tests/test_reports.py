@@ -228,7 +228,7 @@ def test_quality_scores_by_the_route_and_tier_of_the_scored_answer(clickhouse: C
     low, high = wilson_interval(1, 2)
     assert rows[("rule", "cheap")] == (2, 50.0, round(100 * low, 1), round(100 * high, 1), 55.0, 1, 60.0)
     assert rows[("escalation", "standard")] == (0, None, None, None, None, 1, 80.0)
-    assert rows[("(unknown)", "cheap")] == (0, None, None, None, 50.0, 0, None)
+    assert rows[("(unknown)", "cheap")] == (0, None, None, None, None, 0, None)  # unjudged: no mean either
     # Beside the pass rate of the same answers; the shadow calls are references, not kept answers.
     validation = {(r[0], r[1]): r for r in reports.quality(Filters()).rows}
     assert validation[("rule", "cheap")][3:] == (3, 2, 1, 66.7)
