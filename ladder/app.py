@@ -21,6 +21,8 @@ from worker.budget import BudgetBook
 from worker.classifier_worker import ClassifierRuntime, EmbeddingStage, classifier_worker
 from worker.clickhouse import ClickHouse
 from worker.embedders import build_embedder
+from worker.health import Heartbeats
+from worker.metrics import Metrics
 from worker.providers import ProviderPool
 from worker.shadow_worker import ShadowRuntime, shadow_worker
 from worker.sink import Sink
@@ -41,6 +43,8 @@ class App:
     _providers: ProviderPool | None = field(default=None)
     _clickhouse: ClickHouse | None = field(default=None)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)  # this process's counters: /metrics (worker/health.py)
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)  # the arq Workers /healthz watches
 
     def producer(self) -> Producer:
         return Producer(self.redis, self.settings.policies, self.keys)
@@ -59,14 +63,14 @@ class App:
 
     def clickhouse(self) -> ClickHouse:
         if self._clickhouse is None:
-            self._clickhouse = ClickHouse(self.settings.clickhouse_url, self.settings.clickhouse_database)
+            self._clickhouse = ClickHouse.from_settings(self.settings)
         return self._clickhouse
 
     def tier_runtime(self) -> TierRuntime:
-        return TierRuntime(self.settings.policies, self.redis, self.keys, self.providers())
+        return TierRuntime(self.settings.policies, self.redis, self.keys, self.providers(), metrics=self.metrics)
 
     def shadow_runtime(self) -> ShadowRuntime:
-        return ShadowRuntime(self.settings.policies, self.redis, self.keys, self.providers())
+        return ShadowRuntime(self.settings.policies, self.redis, self.keys, self.providers(), metrics=self.metrics)
 
     async def classifier_runtime(self) -> ClassifierRuntime:
         """Each strategy that routes by embeddings gets its examples' router; strategies naming the
@@ -84,14 +88,14 @@ class App:
                 self._closers.append(embedders[spec].aclose)
             router = await load_embedding_router(chosen, embedders[spec], cache_dir(self.settings.data_dir))
             stages[name] = EmbeddingStage(embedders[spec], router)
-        return ClassifierRuntime(policies, self.redis, self.keys, self.providers(), stages)
+        return ClassifierRuntime(policies, self.redis, self.keys, self.providers(), stages, metrics=self.metrics)
 
     def sink(self, batch_size: int = 5000) -> Sink:
         policies = self.settings.policies
         budgets = BudgetBook.for_policies(self.redis, self.keys, policies)
         return Sink(
             self.redis, self.keys, self.clickhouse(), batch_size=batch_size, budgets=budgets,
-            billed_shadow=policies.shadow.bill_customer,
+            billed_shadow=policies.shadow.bill_customer, metrics=self.metrics,
         )  # fmt: skip
 
     async def aclose(self) -> None:

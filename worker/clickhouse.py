@@ -9,6 +9,13 @@ event id; each sink batch carries an insert deduplication token, so a batch re-s
 is dropped at insert time (in the rollup too: deduplicate_blocks_in_dependent_materialized_views);
 and the sink drops events of a replayed or claimed batch that are already stored (`stored_event_ids`),
 since a rollup, unlike a ReplacingMergeTree, cannot forget a row it counted.
+
+On a cluster (`cluster`, from CLICKHOUSE_CLUSTER) the same MIGRATIONS run rewritten statement by
+statement (`cluster_statements`): each table is `<table>_local`, a Replicated*MergeTree created ON
+CLUSTER, under a Distributed table of the plain name, so every query and report reads as on one
+node; the view runs on each shard's local tables; writes go through the Distributed tables and wait
+for the shards. chdb can run neither Replicated engines (no Keeper) nor ON CLUSTER, so the tests
+check the generated text and run its Distributed layer over plain local tables.
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
 import pyarrow as pa
@@ -28,7 +36,11 @@ from clickhouse_connect.driver.client import Client
 from ladder.messages import Outcome, Score
 from policies.customers import Customer
 
+if TYPE_CHECKING:
+    from ladder.settings import Settings
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CLUSTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # as remote_servers names it
 
 # The event's fields are the table's columns, by name.
 OUTCOME_COLUMNS: tuple[str, ...] = Outcome.__struct_fields__
@@ -189,6 +201,158 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 
+# ---- the same schema on a replicated cluster --------------------------------------------------------
+
+# How each table's rows are spread over the shards. A job's rows stay together, so every copy of an
+# event or a score lands on one shard: FINAL and the replacing merges work shard by shard, and a
+# re-sent batch splits into the same per-shard blocks. The rollup and customers are only read summed
+# or whole; their keys place what is written through their Distributed tables (backfill, a load).
+SHARDING_KEYS = {
+    "outcomes": "cityHash64(job_id)",
+    "outcomes_daily": "cityHash64(customer)",
+    "customers": "cityHash64(customer)",
+    "scores": "cityHash64(job_id)",
+}
+
+_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS \{db\}\.(\w+) \(")
+_ENGINE = re.compile(r"ENGINE = (\w*?)MergeTree(?:\(([^)]*)\))?")
+_NON_REPLICATED_WINDOW = re.compile(r"\s*SETTINGS non_replicated_deduplication_window = \d+")
+_ALTER = re.compile(r"ALTER TABLE \{db\}\.(\w+) (ADD (?:COLUMN|INDEX) .*)", re.DOTALL)
+_CREATE_VIEW = re.compile(r"CREATE MATERIALIZED VIEW \{db\}\.(\w+) (TO .*)", re.DOTALL)
+_SHARDED_NAME = re.compile(r"\{db\}\.(" + "|".join(SHARDING_KEYS) + r")\b")
+
+
+def on_cluster(cluster: str) -> str:
+    return f"ON CLUSTER '{cluster}'"
+
+
+def zookeeper_path(table: str) -> str:
+    """Where a shard's replicas of a table meet in Keeper; {shard} is each server's macro."""
+    return f"/clickhouse/tables/{{shard}}/{{db}}/{table}"
+
+
+def cluster_migrations(cluster: str) -> list[tuple[str, ...]]:
+    """MIGRATIONS as a cluster runs them: the same versions, each statement rewritten."""
+    return [tuple(out for s in version for out in cluster_statements(s, cluster)) for version in MIGRATIONS]
+
+
+def cluster_statements(statement: str, cluster: str) -> list[str]:
+    """One single-node migration statement as a cluster runs it (`{db}` left for `migrate`). A
+    statement of a kind not known here is an error, so a new migration cannot skip the cluster."""
+    s, on = statement.strip(), on_cluster(cluster)
+    if m := _CREATE_TABLE.match(s):
+        return _cluster_tables(s, m[1], cluster)
+    if m := _ALTER.match(s):
+        table, change = m[1], m[2]
+        local = f"ALTER TABLE {{db}}.{table}_local {on} {change}"
+        # A Distributed table keeps its own list of columns, so a new column is added there too; an
+        # index belongs with the data only.
+        return [local] if change.startswith("ADD INDEX") else [local, f"ALTER TABLE {{db}}.{table} {on} {change}"]
+    if s.startswith(("DROP VIEW IF EXISTS {db}.", "TRUNCATE TABLE IF EXISTS {db}.")):
+        return [f"{_local_names(s)} {on}"]
+    if m := _CREATE_VIEW.match(s):
+        # Each shard's view reads what is inserted into its own outcomes_local and writes its own
+        # rollup rows; a report sums them over the shards through the Distributed outcomes_daily.
+        return [f"CREATE MATERIALIZED VIEW {{db}}.{m[1]} {on} {_local_names(m[2])}"]
+    if s.startswith("INSERT INTO {db}."):
+        # INSERT has no ON CLUSTER: it reads and writes the Distributed tables, waiting for the
+        # shards (insert_distributed_sync, a session setting on a cluster). The backfill's rows may
+        # land on any shard: the rollup is only ever read summed.
+        return [s]
+    raise ValueError(f"no cluster form for this migration statement: {s[:80]}")
+
+
+def _cluster_tables(statement: str, table: str, cluster: str) -> list[str]:
+    """The table as `<table>_local` on every node, replicated within its shard, and a Distributed
+    `<table>` over them. Replicated tables deduplicate inserts by default (block ids kept in Keeper,
+    replicated_deduplication_window), so the non-replicated window the single node needs goes."""
+    on = on_cluster(cluster)
+
+    def replicated(m: re.Match[str]) -> str:
+        args = [f"'{zookeeper_path(table)}'", "'{replica}'", *([m[2]] if m[2] else [])]
+        return f"ENGINE = Replicated{m[1]}MergeTree({', '.join(args)})"
+
+    local = _ENGINE.sub(replicated, _NON_REPLICATED_WINDOW.sub("", statement), count=1)
+    local = local.replace(f"{{db}}.{table} (", f"{{db}}.{table}_local {on} (", 1)
+    distributed = (
+        f"CREATE TABLE IF NOT EXISTS {{db}}.{table} {on} AS {{db}}.{table}_local "
+        f"ENGINE = Distributed('{cluster}', '{{db}}', '{table}_local', {SHARDING_KEYS[table]})"
+    )
+    return [local, distributed]
+
+
+def _local_names(sql: str) -> str:
+    return _SHARDED_NAME.sub(r"{db}.\1_local", sql)
+
+
+def bootstrap_statements(cluster: str = "") -> list[str]:
+    """The database and the migrations' own record, before any version runs."""
+    columns = "(version UInt32, applied_at DateTime64(3, 'UTC') DEFAULT now64(3))"
+    if not cluster:
+        return [
+            "CREATE DATABASE IF NOT EXISTS {db}",
+            f"CREATE TABLE IF NOT EXISTS {{db}}.schema_migrations {columns} ENGINE = MergeTree ORDER BY version",
+        ]
+    on = on_cluster(cluster)
+    # Replicated to every node of every shard (no {shard} in the path, so the replica name carries
+    # it): whichever node the runner reaches reads the versions applied, and a version's ON CLUSTER
+    # statements run once for the whole cluster. A local read, so no Distributed table over it.
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {{db}} {on}",
+        f"CREATE TABLE IF NOT EXISTS {{db}}.schema_migrations {on} {columns} "
+        "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{db}/schema_migrations', '{shard}-{replica}') "
+        "ORDER BY version",
+    ]
+
+
+def customers_swap(cluster: str, load_id: str) -> tuple[list[str], list[str]]:
+    """The statements before and after a load writes `{db}.customers_loading`: the new table takes
+    the place of the old one in one EXCHANGE, so a report never sees customers half loaded.
+
+    On a cluster the EXCHANGE swaps the local tables, ON CLUSTER; the Distributed `customers` reads
+    `customers_local` by name, so it reads the new rows from then on. Each node swaps atomically, the
+    nodes a moment apart. A replicated table's Keeper path stays with its data when swapped, so each
+    load's table gets a path of its own, and the old table is dropped SYNC, its Keeper path with it.
+    """
+    if not cluster:
+        before = [
+            "DROP TABLE IF EXISTS {db}.customers_loading",
+            "CREATE TABLE {db}.customers_loading AS {db}.customers",
+        ]
+        return before, [
+            "EXCHANGE TABLES {db}.customers AND {db}.customers_loading",
+            "DROP TABLE {db}.customers_loading",
+        ]
+    on = on_cluster(cluster)
+    drop = [
+        f"DROP TABLE IF EXISTS {{db}}.customers_loading {on} SYNC",
+        f"DROP TABLE IF EXISTS {{db}}.customers_loading_local {on} SYNC",
+    ]
+    before = [
+        *drop,
+        # The sort key of migration 3, said again rather than left for AS to copy beside a new engine.
+        f"CREATE TABLE {{db}}.customers_loading_local {on} AS {{db}}.customers_local "
+        f"ENGINE = ReplicatedMergeTree('{zookeeper_path(f'customers_{load_id}')}', '{{replica}}') ORDER BY customer",
+        f"CREATE TABLE {{db}}.customers_loading {on} AS {{db}}.customers_loading_local "
+        f"ENGINE = Distributed('{cluster}', '{{db}}', 'customers_loading_local', {SHARDING_KEYS['customers']})",
+    ]
+    return before, [f"EXCHANGE TABLES {{db}}.customers_local AND {{db}}.customers_loading_local {on}", *drop]
+
+
+# On a cluster, every call carries these. insert_distributed_sync: an insert into a Distributed table
+# returns once each shard has stored its part (see insert_outcomes). in_order without the local
+# replica first: whichever node the client reaches, an insert and the stored-events check after it
+# pick the same replica of each shard (the first healthy one in remote_servers), so the check does
+# not ask a replica that has not fetched the part yet. distributed_product_mode: reports filter one
+# Distributed table by a subquery on another (job_id IN (SELECT ... scores)), which is refused by
+# default; 'global' runs the subquery once and sends its result to the shards.
+_CLUSTER_SETTINGS: dict[str, Any] = {
+    "insert_distributed_sync": 1,
+    "load_balancing": "in_order",
+    "prefer_localhost_replica": 0,
+    "distributed_product_mode": "global",
+}
+
 _DECIMAL = pa.decimal128(38, 12)
 _PICO = Decimal("1e-12")
 
@@ -219,36 +383,53 @@ _chdb_lock = threading.Lock()
 
 
 class ClickHouse:
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, cluster: str = "") -> None:
         if not _IDENT.match(database):
             raise ValueError(f"CLICKHOUSE_DATABASE: '{database}' is not a plain identifier")
+        if cluster and not _CLUSTER_NAME.match(cluster):
+            raise ValueError(f"CLICKHOUSE_CLUSTER: '{cluster}' is not a cluster name (letters, digits, _ . -)")
         self.database = database
+        self.cluster = cluster  # "": one node
+        self.migrations = cluster_migrations(cluster) if cluster else MIGRATIONS
+        self._settings = dict(_CLUSTER_SETTINGS) if cluster else {}
         self._lock = threading.Lock()  # a chdb session is not safe for concurrent queries
         self.client = _connect(url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClickHouse:
+        return cls(settings.clickhouse_url, settings.clickhouse_database, settings.clickhouse_cluster)
 
     def migrate(self, up_to: int | None = None) -> int:
         """Bring the schema to the newest version (or to `up_to`); returns the version."""
         db = self.database
         with self._lock:
-            self.client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-            self.client.command(
-                f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
-                "(version UInt32, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-                "ENGINE = MergeTree ORDER BY version"
-            )
+            for statement in bootstrap_statements(self.cluster):
+                self.client.command(statement.replace("{db}", db), settings=self._settings)
             versions = self.client.query(f"SELECT max(version) FROM {db}.schema_migrations")  # noqa: S608
             current = int(versions.result_rows[0][0] or 0)
-            target = len(MIGRATIONS) if up_to is None else up_to
-            for version, statements in enumerate(MIGRATIONS[:target], start=1):
+            target = len(self.migrations) if up_to is None else up_to
+            for version, statements in enumerate(self.migrations[:target], start=1):
                 if version > current:
                     for statement in statements:
-                        self.client.command(statement.replace("{db}", db))
-                    self.client.insert(f"{db}.schema_migrations", [(version,)], column_names=["version"])
+                        self.client.command(statement.replace("{db}", db), settings=self._settings)
+                    self.client.insert(
+                        f"{db}.schema_migrations", [(version,)], column_names=["version"], settings=self._settings
+                    )
             return max(current, target)
 
     def insert_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """One insert of the whole batch, as an Arrow table: ClickHouse reads Arrow columns several
-        times faster than JSON or the native protocol built value by value in Python."""
+        times faster than JSON or the native protocol built value by value in Python.
+
+        On a cluster the Distributed `outcomes` splits the batch by job into one block per shard,
+        each sent with this token. With insert_distributed_sync the insert returns once every shard
+        stored its block, so the token reaches the shards' replicated tables and their views (whose
+        deduplication, kept in Keeper, every replica shares), and an ack after it means what it says.
+        A re-sent batch splits the same way, so each shard drops its block again. In the default
+        background mode the node would queue the rows on its disk and send them later, perhaps merged
+        with other batches' into one block: the token would no longer match a re-sent batch, and
+        `stored_event_ids` would miss rows still queued, so the rollup could count a replay twice.
+        """
         token = hashlib.sha256("\n".join(o.event_id for o in outcomes).encode()).hexdigest()
         table = _arrow_table(outcomes, OUTCOME_COLUMNS)
         with self._lock:
@@ -262,6 +443,7 @@ class ClickHouse:
                     "insert_deduplication_token": token,
                     "optimize_on_insert": 0,
                     "parallel_view_processing": 1,
+                    **self._settings,
                 },
             )
 
@@ -269,11 +451,13 @@ class ClickHouse:
         """Scores need no more than the table's own replacing: nothing is rolled up from them."""
         table = _arrow_table(scores, SCORE_COLUMNS)
         with self._lock:
-            self.client.insert_arrow(f"{self.database}.scores", table)
+            self.client.insert_arrow(f"{self.database}.scores", table, settings=self._settings)
 
     def stored_event_ids(self, outcomes: Sequence[Outcome]) -> set[str]:
         """Which of these events are stored already: a lookup by the table's sort key (day, customer,
-        event id), so it reads a few granules, not the table."""
+        event id), so it reads a few granules, not the table. On a cluster it asks the replicas the
+        inserts went to (see _CLUSTER_SETTINGS); one that failed in between leaves Keeper's block ids
+        as the guard, which catch a batch re-sent whole but not one claimed in another make-up."""
         days = sorted({_utc(o.finished_at).date() for o in outcomes})
         rows = self.query(
             "SELECT DISTINCT event_id FROM {db}.outcomes WHERE toDate(finished_at) IN {days:Array(Date)} "
@@ -289,13 +473,16 @@ class ClickHouse:
             (c.id, c.plan, c.revenue_per_month, c.revenue_per_request, c.monthly_budget, c.at_limit or "")
             for c in customers
         ]
+        before, after = customers_swap(self.cluster, uuid.uuid4().hex)
         with self._lock:
-            self.client.command(f"DROP TABLE IF EXISTS {db}.customers_loading")
-            self.client.command(f"CREATE TABLE {db}.customers_loading AS {db}.customers")
+            for statement in before:
+                self.client.command(statement.replace("{db}", db), settings=self._settings)
             if rows:
-                self.client.insert(f"{db}.customers_loading", rows, column_names=list(CUSTOMER_COLUMNS))
-            self.client.command(f"EXCHANGE TABLES {db}.customers AND {db}.customers_loading")
-            self.client.command(f"DROP TABLE {db}.customers_loading")
+                self.client.insert(
+                    f"{db}.customers_loading", rows, column_names=list(CUSTOMER_COLUMNS), settings=self._settings
+                )
+            for statement in after:
+                self.client.command(statement.replace("{db}", db), settings=self._settings)
 
     def month_spend(self, month: date, shadow: bool = False) -> dict[str, Decimal]:
         """Cost per customer in the calendar month that starts on `month` (classifier calls included;
@@ -310,14 +497,18 @@ class ClickHouse:
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
-            result = self.client.query(sql.replace("{db}", self.database), parameters=parameters or {})
+            result = self.client.query(
+                sql.replace("{db}", self.database), parameters=parameters or {}, settings=self._settings
+            )
         return [tuple(r) for r in result.result_rows]
 
     def query_columns(
         self, sql: str, parameters: dict[str, Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._lock:
-            result = self.client.query(sql.replace("{db}", self.database), parameters=parameters or {})
+            result = self.client.query(
+                sql.replace("{db}", self.database), parameters=parameters or {}, settings=self._settings
+            )
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
 

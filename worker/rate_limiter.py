@@ -11,6 +11,7 @@ says is left and blocks the lane for as long as a 429 asks.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 
 from policies.config import Policies, RateLimit
 from policies.tokens import estimate_tokens
+from worker.metrics import Metrics
 from worker.provider import Completion, ProviderError, RateLimited, SpendLimited
 from worker.steps import Call, Handler
 
@@ -215,8 +217,11 @@ class RateLimitStep:
     """The step around a provider call: wait for the lane's budget, give back what was not used,
     and pass on what the provider said (remaining budget, retry-after, spend limit) to every worker."""
 
-    def __init__(self, limiter: RateLimiter, policies: Policies, accounts: Mapping[str, str]) -> None:
+    def __init__(
+        self, limiter: RateLimiter, policies: Policies, accounts: Mapping[str, str], metrics: Metrics | None = None
+    ) -> None:
         self._limiter = limiter
+        self._metrics = metrics or Metrics()
         self._limits = policies.rate_limits
         self._accounts = accounts
         self._max_wait = float(policies.faults.max_lane_wait_s)
@@ -227,7 +232,11 @@ class RateLimitStep:
         limit = self._limits.get(model, UNLIMITED)
         text_tokens = sum(estimate_tokens(m.content) for m in call.request.messages)
         want = Usage(1, text_tokens, call.request.max_output_tokens)
-        lease = await self._limiter.acquire(lane, limit, want, self._max_wait)
+        asked = time.perf_counter()
+        try:
+            lease = await self._limiter.acquire(lane, limit, want, self._max_wait)
+        finally:  # a wait that ended blocked (LaneBlocked) or cancelled was waited all the same
+            self._metrics.record_lane_wait(call.candidate.provider, call.candidate.model, time.perf_counter() - asked)
         try:
             completion = await proceed(call)
         except SpendLimited:

@@ -33,6 +33,7 @@ from ladder.messages import (
 from ladder.queueing import add_shadow, add_to_queue
 from policies.config import Policies
 from policies.experiments import bucket
+from worker.metrics import Metrics
 from worker.provider import BadAnswer, BadRequest, Completion, ProviderError
 from worker.steps import Call
 
@@ -116,8 +117,9 @@ def escalation_score(call: Call, error: BadAnswer, next_tier: str, text_chars: i
 
 
 class Settler:
-    def __init__(self, redis: Redis, keys: Keys, policies: Policies) -> None:
+    def __init__(self, redis: Redis, keys: Keys, policies: Policies, metrics: Metrics | None = None) -> None:
         self._redis = redis
+        self._metrics = metrics or Metrics()
         self._keys = keys
         self._policies = policies
         self._record_ttl_ms = policies.limits.result_ttl_s * 1000
@@ -143,9 +145,9 @@ class Settler:
 
     async def record(self, call: Call, status: Status, error: ProviderError, simulated: bool) -> Attempt:
         """An attempt that does not move the job (retried, failed over): its row, and its entry for the path."""
-        await self._redis.xadd(
-            self._keys.outcomes, {"e": ENCODER.encode(outcome_event(call, status, error, None, simulated))}
-        )
+        outcome = outcome_event(call, status, error, None, simulated)
+        await self._redis.xadd(self._keys.outcomes, {"e": ENCODER.encode(outcome)})
+        self._metrics.record_outcome(outcome)
         return _attempt(call, status, error, None)
 
     async def already_settled(self, task_id: str) -> bool:
@@ -221,4 +223,5 @@ class Settler:
                 answer = ShadowTask(task, call.tier, call.candidate.provider, call.candidate.model, completion.text)
                 add_shadow(pipe, keys, answer)
         await pipe.execute()
+        self._metrics.record_outcome(outcome)
         return status

@@ -43,6 +43,7 @@ from policies.prices import PriceBook
 from policies.shadow import JUDGE, JUDGE_RUBRIC, agrees, compare_answers, judge_messages, parse_judge
 from worker.arq_worker import queue_worker
 from worker.budget import BudgetBook
+from worker.metrics import Metrics
 from worker.provider import Completion, CompletionRequest, ProviderError, RateLimited, TimedOut
 from worker.providers import ProviderPool
 from worker.rate_limiter import RateLimiter, RateLimitStep
@@ -105,8 +106,11 @@ def _failure_status(error: ProviderError, retries_left: bool, last_candidate: bo
 class ShadowRuntime:
     """Everything a shadow worker process needs, built once at start-up."""
 
-    def __init__(self, policies: Policies, redis: ArqRedis, keys: Keys, providers: ProviderPool) -> None:
+    def __init__(
+        self, policies: Policies, redis: ArqRedis, keys: Keys, providers: ProviderPool, metrics: Metrics | None = None
+    ) -> None:
         self.policies = policies
+        self.metrics = metrics or Metrics()
         self.redis = redis
         self.keys = keys
         self.providers = providers
@@ -118,7 +122,7 @@ class ShadowRuntime:
         self.rubric = shadow.rubric or JUDGE_RUBRIC
         self.checker = AnswerChecker(policies.escalation)
         self.budget = BudgetBook.for_policies(redis, keys, policies) if shadow.bill_customer else None
-        limits = RateLimitStep(RateLimiter(redis, keys.prefix), policies, providers.accounts)
+        limits = RateLimitStep(RateLimiter(redis, keys.prefix), policies, providers.accounts, self.metrics)
         # No budget step: a shadow call is never refused for the customer's budget. It is not the
         # customer's cost unless bill_customer, and then it is counted once the calls are done.
         self._handler = compose([logged, Priced(PriceBook(policies)), limits, timed], self._call_provider)
@@ -226,6 +230,8 @@ class ShadowRuntime:
             pipe.xadd(self.keys.outcomes, {"s": ENCODER.encode(score)})
         pipe.set(self.keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
         await pipe.execute()
+        for row in rows:
+            self.metrics.record_outcome(row)
         if self.budget is not None:  # after the transaction: a crash in between under-charges, never twice
             await self.budget.charge(shadow.task.job.customer, sum((r.cost for r in rows), Decimal(0)))
 

@@ -24,6 +24,7 @@ from ladder.keys import Keys
 from ladder.messages import OUTCOME_DECODER, SCORE_DECODER, Outcome, Score
 from worker.budget import BudgetBook
 from worker.clickhouse import ClickHouse
+from worker.metrics import Metrics
 
 log = structlog.get_logger("ladder.sink")
 
@@ -51,6 +52,7 @@ class Sink:
         consumer: str | None = None,
         budgets: BudgetBook | None = None,
         billed_shadow: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -61,6 +63,7 @@ class Sink:
         self._budgets = budgets
         self._billed_shadow = billed_shadow  # shadow.bill_customer: shadow calls count in the budgets
         self.stats = SinkStats()
+        self._counters = (metrics or Metrics()).sink()
 
     async def setup(self) -> None:
         await asyncio.to_thread(self._ch.migrate)
@@ -161,6 +164,7 @@ class Sink:
                 outcome = OUTCOME_DECODER.decode(fields[b"e"])
             except (KeyError, msgspec.DecodeError) as e:
                 self.stats.malformed += 1
+                self._counters.malformed()
                 log.error("malformed event set aside", entry=str(entry_id), error=str(e))
                 aside: dict[Any, Any] = {**fields, b"reason": str(e).encode()}
                 pipe.xadd(self._keys.malformed_outcomes, aside)
@@ -181,4 +185,5 @@ class Sink:
         self.stats.inserted += len(outcomes)
         self.stats.scores += len(scores)
         self.stats.batches += 1
+        self._counters.batch(len(outcomes))
         log.debug("batch inserted", rows=len(outcomes))

@@ -17,6 +17,7 @@ from policies.config import Candidate, Policies
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
 from worker.budget import BudgetBook, budget_steps
+from worker.metrics import Metrics
 from worker.provider import (
     BadAnswer,
     BadRequest,
@@ -44,15 +45,17 @@ class TierRuntime:
         keys: Keys,
         providers: ProviderPool,
         extra_steps: Sequence[Step] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.policies = policies
         self.redis = redis
         self.keys = keys
         self.providers = providers
         self.prices = PriceBook(policies)
-        self.settler = Settler(redis, keys, policies)
+        self.metrics = metrics or Metrics()
+        self.settler = Settler(redis, keys, policies, self.metrics)
         checks = AnswerChecks(AnswerChecker(policies.escalation))
-        limits = RateLimitStep(RateLimiter(redis, keys.prefix), policies, providers.accounts)
+        limits = RateLimitStep(RateLimiter(redis, keys.prefix), policies, providers.accounts, self.metrics)
         budget = budget_steps(BudgetBook.for_policies(redis, keys, policies), policies, self.prices)
         # Outermost first: the budget settles the final, priced cost; checks judge a priced answer;
         # the limiter's wait is not the call's latency.
