@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from decimal import Decimal
 
@@ -51,6 +52,29 @@ async def test_another_sink_claims_entries_a_dead_consumer_left_idle(
     stats = await Sink(arq_redis, keys, clickhouse, consumer="other").run(burst=True)
     assert stats.inserted == 5
     assert clickhouse.query("SELECT count() FROM {db}.outcomes FINAL") == [(5,)]
+
+
+async def test_a_running_sink_claims_what_a_sink_killed_after_it_started_left_behind(
+    arq_redis: ArqRedis, keys: Keys, clickhouse: ClickHouse, monkeypatch
+) -> None:
+    """A replacement pod starts before the dead sink's entries are idle long enough to claim: the
+    running sink must pick them up later, not leave them pending for ever."""
+    monkeypatch.setattr("worker.sink.CLAIM_IDLE_MS", 500)
+    monkeypatch.setattr("worker.sink.CLAIM_EVERY_S", 0.2)
+    for n in range(5):
+        await arq_redis.xadd(keys.outcomes, {"e": ENCODER.encode(outcome(n))})
+    await Sink(arq_redis, keys, clickhouse, consumer="killed").setup()
+    await arq_redis.xreadgroup(keys.sink_group, "killed", {keys.outcomes: ">"}, count=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(Sink(arq_redis, keys, clickhouse, consumer="new", flush_interval=0.1).run(stop=stop))
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if clickhouse.query("SELECT count() FROM {db}.outcomes FINAL") == [(5,)]:
+            break
+    stop.set()
+    stats = await running
+    assert stats.inserted == 5
+    assert (await arq_redis.xpending(keys.outcomes, keys.sink_group))["pending"] == 0
 
 
 async def test_an_insert_retried_after_a_crash_before_ack_leaves_one_row_each(

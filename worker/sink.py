@@ -29,6 +29,9 @@ from worker.metrics import Metrics
 log = structlog.get_logger("ladder.sink")
 
 CLAIM_IDLE_MS = 60_000
+# A running sink also looks for a dead sink's entries now and then, not only when it starts: a
+# replacement pod starts within seconds, before those entries have been idle long enough to claim.
+CLAIM_EVERY_S = 30.0
 
 
 @dataclass
@@ -91,12 +94,16 @@ class Sink:
         # One batch is inserted (in a thread: chdb and the HTTP client release the GIL) while the
         # next is read from the stream; a batch is acked only after its own insert returned.
         inserting: asyncio.Task[None] | None = None
+        next_claim = time.monotonic() + CLAIM_EVERY_S
         try:
             while stop is None or not stop.is_set():
                 entries = await self._read(">", block=not burst)
                 if inserting is not None:
                     await inserting
                     inserting = None
+                if time.monotonic() >= next_claim:
+                    await self._claim_stale()
+                    next_claim = time.monotonic() + CLAIM_EVERY_S
                 if entries:
                     inserting = asyncio.create_task(self._insert(entries))
                 elif burst and await self._pending() == 0:
