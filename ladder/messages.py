@@ -158,38 +158,30 @@ class JobRecord(msgspec.Struct, frozen=True):
     arm: str = ""
 
 
-def job_record(task: TierTask, status: str, **fields: Any) -> JobRecord:
-    """The job's record with who and what it was for taken from its task."""
+def about_job(task: TierTask) -> dict[str, Any]:
+    """Who and what the job of `task` is for, as every row and record about it carries them: one
+    list, so a field added here reaches outcomes, scores and job records alike."""
     job = task.job
-    return JobRecord(
-        id=job.id,
-        batch=task.batch,
-        status=status,
-        first_tier=fields.pop("first_tier", task.first_tier),
-        customer=job.customer,
-        feature=job.feature,
-        task=job.task.value,
-        strategy=task.strategy,
-        experiment=task.experiment,
-        arm=task.arm,
-        **fields,
-    )
+    return {
+        "batch": task.batch,
+        "customer": job.customer,
+        "feature": job.feature,
+        "task": job.task.value,
+        "strategy": task.strategy,
+        "experiment": task.experiment,
+        "arm": task.arm,
+    }
+
+
+def job_record(task: TierTask, status: str, **fields: Any) -> JobRecord:
+    """The job's record, with who and what it is for taken from its task."""
+    first_tier = fields.pop("first_tier", task.first_tier)
+    return JobRecord(id=task.job.id, status=status, first_tier=first_tier, **about_job(task), **fields)
 
 
 def task_score(task: TierTask, **fields: Any) -> Score:
-    """A score on the job of `task`, with who and what it was for taken from the task."""
-    job = task.job
-    return Score(
-        job_id=job.id,
-        batch=task.batch,
-        customer=job.customer,
-        feature=job.feature,
-        task=job.task.value,
-        strategy=task.strategy,
-        experiment=task.experiment,
-        arm=task.arm,
-        **fields,
-    )
+    """A score on the job of `task`, with who and what it is for taken from the task."""
+    return Score(job_id=task.job.id, **about_job(task), **fields)
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

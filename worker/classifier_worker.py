@@ -32,6 +32,7 @@ from ladder.messages import (
     RouteSource,
     Status,
     TierTask,
+    about_job,
     job_record,
 )
 from ladder.queueing import CLASSIFY_FUNCTION, add_to_queue
@@ -261,10 +262,7 @@ class ClassifierRuntime:
         return Outcome(
             event_id=f"{job.id}#classify",
             job_id=job.id,
-            batch=task.batch,
-            customer=job.customer,
-            feature=job.feature,
-            task=job.task.value,
+            **about_job(task),
             route_source=RouteSource.CLASSIFIER,
             intended_tier=CLASSIFY_QUEUE,
             tier=CLASSIFY_QUEUE,
@@ -282,11 +280,8 @@ class ClassifierRuntime:
             latency_ms=(time.time() - call.started) * 1000,
             started_at=call.started,
             finished_at=time.time(),
-            strategy=task.strategy,
             simulated=self.providers.is_simulated(candidate.provider),
             final=False,
-            experiment=task.experiment,
-            arm=task.arm,
         )
 
     async def _settle(

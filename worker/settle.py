@@ -27,6 +27,7 @@ from ladder.messages import (
     ShadowTask,
     Status,
     TierTask,
+    about_job,
     job_record,
     task_score,
 )
@@ -68,10 +69,7 @@ def outcome_event(
     return Outcome(
         event_id=f"{job.id}#{call.number}",
         job_id=job.id,
-        batch=task.batch,
-        customer=job.customer,
-        feature=job.feature,
-        task=job.task.value,
+        **about_job(task),
         route_source=task.route.source,
         intended_tier=task.first_tier,
         tier=call.tier,
@@ -89,11 +87,8 @@ def outcome_event(
         latency_ms=call.latency_ms,
         started_at=call.started_at,
         finished_at=time.time(),
-        strategy=task.strategy,
         simulated=simulated,
         final=status in (Status.OK, Status.DEAD),
-        experiment=task.experiment,
-        arm=task.arm,
     )
 
 
