@@ -10,10 +10,14 @@ import io
 import math
 from typing import Any
 
+import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from ladder.report import Table
+
+# Titles and labels carry users' values (a customer id): "$...$" in one is text, not mathtext.
+matplotlib.rcParams["text.parse_math"] = False
 
 BLUE, ORANGE, GREY, GREEN, RED, PURPLE = "#3b6ea8", "#e08a2c", "#9a9a9a", "#4d9a5b", "#c0392b", "#8e6bb8"
 MOST_BARS = 15

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 FORMATS = ("table", "json", "csv")
 
@@ -63,11 +64,12 @@ def render(
         writer.writerows([[_plain(v) for v in r] for r in rows])
         console.file.write(buf.getvalue())
         return
-    table = Table(title=title, title_justify="left")
+    # Text, not markup: a title or cell may hold a user's value, and "[/]" in a customer id is not style.
+    table = Table(title=Text(title), title_justify="left")
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(Text(name), justify="left" if i == 0 else "right")
     for r in rows:
-        table.add_row(*(cell(v) for v in r))
+        table.add_row(*(Text(cell(v)) for v in r))
     console.print(table)
     for note in notes:  # plain text: a note may quote "[section]" names or user values
         console.print(note, markup=False, highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -30,7 +31,34 @@ class SubmitReport(msgspec.Struct):
     routed: dict[str, int] = {}
 
 
+@dataclass
+class _Tally:
+    """What a submit counts as its chunks settle."""
+
+    report: SubmitReport
+    on_duplicate: Callable[[int, str], None] | None = None
+    routed: Counter[str] = field(default_factory=Counter)
+
+    def settle(self, sent: list[tuple[int, TierTask]], flags: list[bool]) -> None:
+        for (number, task), new in zip(sent, flags, strict=True):
+            if new:
+                self.routed[task.route.tier] += 1
+                self.report.accepted += 1
+            else:
+                self.report.duplicates += 1
+                if self.on_duplicate is not None:
+                    self.on_duplicate(number, task.job.id)
+
+    def done(self) -> SubmitReport:
+        self.report.routed = dict(self.routed)
+        return self.report
+
+
 class Producer:
+    """Duplicate ids: the first occurrence of an id is queued, and a later one, in the same file or
+    in any later submit while the first one's record lives (limits.result_ttl_s), is skipped and
+    counted as a duplicate, not rejected, so that submitting a file again after a crash is safe."""
+
     def __init__(self, redis: Redis, policies: Policies, keys: Keys) -> None:
         self._policies = policies
         self._routers = {name: RuleRouter(policies.for_strategy(name)) for name in policies.strategy_names}
@@ -38,7 +66,10 @@ class Producer:
         self._enqueuer = Enqueuer(redis, keys, policies.limits.result_ttl_s * 1000)
         # One chunk in flight while the next is parsed: Redis and Python work at the same time,
         # and chunks still land in file order.
-        self._inflight: tuple[asyncio.Task[list[bool]], list[TierTask]] | None = None
+        self._inflight: tuple[asyncio.Task[list[bool]], list[tuple[int, TierTask]]] | None = None
+        # Until a call has come back, the Lua script may not be in Redis yet (NOSCRIPT, load, call
+        # again): a chunk sent meanwhile could land first, and a later duplicate win over the first.
+        self._overlap = False
 
     def task_for(self, job: Job, batch: str) -> TierTask:
         """The job routed by the rules of its strategy: the default one, or its experiment arm's."""
@@ -59,22 +90,20 @@ class Producer:
 
         A bad job raises ValueError naming it; the jobs before it are enqueued, none after it.
         """
-        report = SubmitReport(batch=batch)
-        routed: Counter[str] = Counter()
-        chunk: list[TierTask] = []
+        tally = _Tally(SubmitReport(batch=batch))
+        chunk: list[tuple[int, TierTask]] = []
         try:
             async for job in _aiter(jobs):
                 problem = self._validator.problem(job)
                 if problem is not None:
-                    raise ValueError(f"job {job.id!r}: {problem}")
-                report.lines += 1
-                chunk.append(self.task_for(job, batch))
+                    raise ValueError(f"job {job.id[:80]!r}: {problem}")
+                tally.report.lines += 1
+                chunk.append((tally.report.lines, self.task_for(job, batch)))
                 if len(chunk) >= CHUNK:
-                    await self._flush(chunk, report, routed)
+                    await self._flush(chunk, tally)
         finally:
-            await self._flush(chunk, report, routed, last=True)
-        report.routed = dict(routed)
-        return report
+            await self._flush(chunk, tally, last=True)
+        return tally.done()
 
     async def submit_file(
         self,
@@ -82,43 +111,42 @@ class Producer:
         batch: str,
         on_reject: Callable[[Rejection], None],
         on_progress: Callable[[int], None] | None = None,
+        on_duplicate: Callable[[int, str], None] | None = None,
     ) -> SubmitReport:
-        """Stream a JSONL file into the queues; bad lines go to `on_reject` and the rest go through."""
-        report = SubmitReport(batch=batch)
-        routed: Counter[str] = Counter()
-        chunk: list[TierTask] = []
-        for number, raw, done in read_lines(path):
-            report.lines += 1
+        """Stream a JSONL file into the queues; bad lines go to `on_reject` and the rest go through.
+
+        `on_duplicate` hears (line number, job id) of each line skipped because its id was queued before.
+        """
+        tally = _Tally(SubmitReport(batch=batch), on_duplicate)
+        chunk: list[tuple[int, TierTask]] = []
+        for number, raw, done in read_lines(path, self._validator.max_line_bytes):
+            tally.report.lines += 1
             parsed = self._validator.parse_line(number, raw)
             if isinstance(parsed, Rejection):
-                report.rejected += 1
+                tally.report.rejected += 1
                 on_reject(parsed)
                 continue
-            chunk.append(self.task_for(parsed, batch))
+            chunk.append((number, self.task_for(parsed, batch)))
             if len(chunk) >= CHUNK:
-                await self._flush(chunk, report, routed)
+                await self._flush(chunk, tally)
                 if on_progress is not None:
                     on_progress(done)
-        await self._flush(chunk, report, routed, last=True)
-        report.routed = dict(routed)
-        return report
+        await self._flush(chunk, tally, last=True)
+        return tally.done()
 
-    async def _flush(
-        self, chunk: list[TierTask], report: SubmitReport, routed: Counter[str], last: bool = False
-    ) -> None:
+    async def _flush(self, chunk: list[tuple[int, TierTask]], tally: _Tally, last: bool = False) -> None:
         """Send `chunk` and settle the chunk sent before it; with `last`, settle this one too."""
+        last = last or not self._overlap
         previous, self._inflight = self._inflight, None
         if chunk:
             sent = list(chunk)
-            self._inflight = (asyncio.create_task(self._enqueuer.enqueue_new(sent[0].batch, sent)), sent)
+            tasks = [task for _, task in sent]
+            self._inflight = (asyncio.create_task(self._enqueuer.enqueue_new(tasks[0].batch, tasks)), sent)
             chunk.clear()
         for inflight in (previous, self._inflight if last else None):
-            if inflight is None:
-                continue
-            flags = await inflight[0]
-            routed.update(t.route.tier for t, new in zip(inflight[1], flags, strict=True) if new)
-            report.accepted += sum(flags)
-            report.duplicates += len(flags) - sum(flags)
+            if inflight is not None:
+                tally.settle(inflight[1], await inflight[0])
+                self._overlap = True
         if last:
             self._inflight = None
 
