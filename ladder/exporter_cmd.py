@@ -54,6 +54,11 @@ def queue_names(policies: Policies) -> list[str]:
     return [*policies.tier_names, CLASSIFY_QUEUE, SHADOW_QUEUE]
 
 
+def stream_bound(policies: Policies) -> tuple[int, float]:
+    """The outcome stream's bound and warn share, served beside its length for the alerts."""
+    return policies.limits.outcome_stream_max, policies.limits.outcome_stream_warn_share
+
+
 def _redis(settings: Settings, embedded: EmbeddedRedis | None) -> Redis:
     """A client that connects on first use (arq's create_pool insists on a PING at start)."""
     if embedded is not None:
@@ -74,7 +79,7 @@ async def run_exporter(settings: Settings, args: argparse.Namespace) -> int:
     keys = Keys(settings.prefix)
     gauges: list[RedisGauges] = [
         QueueDepth(redis, keys, queue_names(settings.policies)),
-        SinkLag(redis, keys),
+        SinkLag(redis, keys, *stream_bound(settings.policies)),
         DeadLetters(redis, keys),
     ]
     server = ProbeServer(CollectorRegistry(), ready={"redis": redis.ping}, gauges=gauges)
@@ -104,7 +109,7 @@ async def probes_served(app: App, args: argparse.Namespace) -> AsyncIterator[Non
     gauges: list[RedisGauges] = []
     if args.command == "sink":
         ready["clickhouse"] = ClickHouseCheck(app.clickhouse())
-        gauges.append(SinkLag(app.redis, app.keys))
+        gauges.append(SinkLag(app.redis, app.keys, *stream_bound(app.settings.policies)))
     server = ProbeServer(app.metrics.registry, ready=ready, live=[app.heartbeats], gauges=gauges)
     await server.start(port)
     try:

@@ -1,6 +1,7 @@
 """The Kubernetes manifests under deploy/, checked offline: each overlay builds with `kubectl kustomize`,
-every object validates against the Kubernetes schemas (kubernetes-validate) and every ScaledObject
-against deploy/schemas/keda-scaledobject.json, checkov finds nothing outside deploy/checkov-skips.txt,
+every object validates against the Kubernetes schemas (kubernetes-validate), every ScaledObject
+against deploy/schemas/keda-scaledobject.json and the PrometheusRule against
+deploy/schemas/prometheus-rule.json (its alerts reading only metrics Ladder serves), checkov finds nothing outside deploy/checkov-skips.txt,
 and the manifests say what the policies and the contract say (a Deployment and a ScaledObject per
 tier, no Secret, non-root read-only containers with requests and limits).
 
@@ -37,6 +38,7 @@ SECRET_VARS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")
 METRICS_PORT = 9100
 NOT_AUTOSCALED = {"ladder-sink", "ladder-exporter"}
+CRD_KINDS = ("ScaledObject", "PrometheusRule")
 
 Obj = dict[str, Any]
 
@@ -139,7 +141,7 @@ def test_overlay_builds_into_namespaced_objects(overlay: str, objs: list[Obj]) -
 def test_every_object_validates_against_the_kubernetes_schemas(objs: list[Obj], version: str) -> None:
     checked = 0
     for o in objs:
-        if o["kind"] == "ScaledObject":  # a CRD: kubernetes-validate has no schema; see the KEDA test
+        if o["kind"] in CRD_KINDS:  # kubernetes-validate has no schema for these; see their own tests
             continue
         try:
             kubernetes_validate.validate(o, version, strict=True)
@@ -176,6 +178,60 @@ def test_the_keda_schema_rejects_common_mistakes(mistake: str, edit: Any) -> Non
     bad = json.loads(json.dumps(good))
     edit(bad["spec"])
     assert list(jsonschema.Draft202012Validator(_keda_schema()).iter_errors(bad)), mistake
+
+
+def _rule_schema() -> Obj:
+    schema: Obj = json.loads((DEPLOY / "schemas" / "prometheus-rule.json").read_text(encoding="utf-8"))
+    return schema
+
+
+def _alerts(objs: list[Obj]) -> dict[str, Obj]:
+    rules = _of_kind(objs, "PrometheusRule")
+    return {r["alert"]: r for o in rules.values() for g in o["spec"]["groups"] for r in g["rules"] if "alert" in r}
+
+
+def test_the_prometheusrule_validates_against_its_schema(objs: list[Obj]) -> None:
+    schema = _rule_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    rules = _of_kind(objs, "PrometheusRule")
+    assert list(rules) == ["ladder"]
+    for name, o in rules.items():
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(o)]
+        assert not errors, f"PrometheusRule {name}: {errors}"
+
+
+@pytest.mark.parametrize(
+    ("mistake", "edit"),
+    [
+        ("a rule without its expression", lambda r: r.pop("expr")),
+        ("an alert that is also a recording rule", lambda r: r.update(record="ladder:x")),
+        ("a duration Prometheus cannot read", lambda r: r.update({"for": "5 minutes"})),
+        ("severity beside the labels, not in them", lambda r: r.update(severity="warning")),
+        ("a label value that is not a string", lambda r: r["labels"].update(page=True)),
+    ],
+)
+def test_the_prometheus_rule_schema_rejects_common_mistakes(mistake: str, edit: Any) -> None:
+    good = _of_kind(_objects("dev"), "PrometheusRule")["ladder"]
+    bad = json.loads(json.dumps(good))
+    edit(bad["spec"]["groups"][0]["rules"][0])
+    assert list(jsonschema.Draft202012Validator(_rule_schema()).iter_errors(bad)), mistake
+
+
+def test_the_alerts_read_only_metrics_ladder_serves(objs: list[Obj]) -> None:
+    """A misspelt metric makes an alert that never fires: every name in an expression must be one that
+    worker/metrics.py serves (a counter with its _total)."""
+    source = (ROOT / "worker" / "metrics.py").read_text(encoding="utf-8")
+    served = set(re.findall(r'"(ladder_[a-z_]+)"', source))
+    alerts = _alerts(objs)
+    assert {"LadderOutcomeStreamNearBound", "LadderWorkersStoppedClaiming", "LadderSinkCannotWrite"} <= set(alerts)
+    for name, rule in alerts.items():
+        used = set(re.findall(r"\bladder_[a-z_]+", rule["expr"]))
+        assert used, name
+        unknown = {m for m in used if m not in served and m.removesuffix("_total") not in served}
+        assert not unknown, f"{name} reads metrics no Ladder process serves: {sorted(unknown)}"
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
 
 
 # --- checkov --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ check the generated text and run its Distributed layer over plain local tables.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from ladder.messages import Outcome, Score
 from policies.customers import Customer
@@ -393,7 +395,19 @@ class ClickHouse:
         self.migrations = cluster_migrations(cluster) if cluster else MIGRATIONS
         self._settings = dict(_CLUSTER_SETTINGS) if cluster else {}
         self._lock = threading.Lock()  # a chdb session is not safe for concurrent queries
-        self.client = _connect(url)
+        self._url = url
+        self._client: Client | None = None
+        with contextlib.suppress(ClickHouseError):
+            self._client = _connect(url)
+
+    @property
+    def client(self) -> Client:
+        """Connected at construction if it can be, else on the next call: a ClickHouse that is down
+        (or a chdb folder another process holds) when a process starts is an error of each call
+        until it is back, not of start-up; the sink waits it out (worker/sink.py)."""
+        if self._client is None:
+            self._client = _connect(self._url)
+        return self._client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClickHouse:
@@ -439,8 +453,13 @@ class ClickHouse:
                 # optimize_on_insert: the sink already made each batch's event ids unique and the
                 # view's rows are grouped already, so merging on insert is work for nothing.
                 # parallel_view_processing: the rollup is written beside the table, not after it.
+                # deduplicate_blocks_in_dependent_materialized_views (chdb's default, not older
+                # servers'): the rollup checks the token on its own, so a batch sent again after the
+                # table stored it and the rollup did not (an insert that failed midway) fills the
+                # rollup instead of being dropped whole with the table's duplicate.
                 settings={
                     "insert_deduplication_token": token,
+                    "deduplicate_blocks_in_dependent_materialized_views": 1,
                     "optimize_on_insert": 0,
                     "parallel_view_processing": 1,
                     **self._settings,

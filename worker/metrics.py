@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from arq.constants import in_progress_key_prefix
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -55,6 +55,7 @@ class Metrics:
             registry=r,
         )
         self._sink: SinkCounters | None = None
+        self._claims: ClaimGauge | None = None
 
     def record_outcome(self, row: Outcome) -> None:
         """One outcome row written to the stream: a call and its cost."""
@@ -72,6 +73,12 @@ class Metrics:
             self._sink = SinkCounters(self.registry)
         return self._sink
 
+    def claims(self) -> ClaimGauge:
+        """The workers' claim gate gauge, registered by the first gate of the process."""
+        if self._claims is None:
+            self._claims = ClaimGauge(self.registry)
+        return self._claims
+
 
 class SinkCounters:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -79,6 +86,9 @@ class SinkCounters:
         self._inserted = Counter("ladder_sink_inserted", "Outcome rows the sink inserted into ClickHouse", registry=r)
         self._batches = Counter("ladder_sink_batches", "Batches the sink inserted and acked", registry=r)
         self._malformed = Counter("ladder_sink_malformed", "Stream entries the sink could not decode", registry=r)
+        self._retries = Counter(
+            "ladder_sink_retries", "Waits for ClickHouse or Redis to come back", ["cause"], registry=r
+        )
 
     def batch(self, inserted: int) -> None:
         self._inserted.inc(inserted)
@@ -86,6 +96,24 @@ class SinkCounters:
 
     def malformed(self) -> None:
         self._malformed.inc()
+
+    def retry(self, cause: str) -> None:
+        self._retries.labels(cause).inc()
+
+
+class ClaimGauge:
+    """ladder_worker_claims_paused: 1 while this process's workers claim no new jobs because the
+    outcome stream is at its bound (worker/backlog.py), else 0."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._paused = Gauge(
+            "ladder_worker_claims_paused",
+            "1 while this worker claims no new jobs: the outcome stream is at limits.outcome_stream_max",
+            registry=registry,
+        )
+
+    def paused(self, closed: bool) -> None:
+        self._paused.set(1 if closed else 0)
 
 
 class RedisGauges:
@@ -151,12 +179,16 @@ class QueueDepth(RedisGauges):
 class SinkLag(RedisGauges):
     """ladder_sink_stream_length (XLEN: events not yet in ClickHouse, since the sink deletes what it
     acked) and ladder_sink_oldest_pending_seconds (the oldest entry delivered to the sink's group
-    and not acked, by its stream id's timestamp; 0 when none). O(1) per scrape."""
+    and not acked, by its stream id's timestamp; 0 when none). O(1) per scrape. Given the stream's
+    bound (limits.outcome_stream_max and its warn share), also ladder_outcome_stream_limit and
+    ladder_outcome_stream_warn_length, for alerts to compare the length with."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, bound: int = 0, warn_share: float = 0.0) -> None:
         super().__init__()
         self._redis = redis
         self._keys = keys
+        self._bound = bound
+        self._warn_share = warn_share
 
     async def read(self) -> list[Metric]:
         pipe = self._redis.pipeline(transaction=False)
@@ -175,12 +207,28 @@ class SinkLag(RedisGauges):
             now_ms = clock[0] * 1000 + clock[1] // 1000
             first_ms = int(_text(pending["min"]).split("-", 1)[0])
             oldest = max(0.0, (now_ms - first_ms) / 1000)
-        return [
+        families: list[Metric] = [
             GaugeMetricFamily("ladder_sink_stream_length", "Outcome events not yet in ClickHouse", value=int(length)),
             GaugeMetricFamily(
                 "ladder_sink_oldest_pending_seconds", "Age of the oldest event delivered to the sink, unacked", oldest
             ),
         ]
+        if self._bound:
+            families += [
+                GaugeMetricFamily(
+                    "ladder_outcome_stream_limit", "Stream length at which workers stop claiming jobs", self._bound
+                ),
+                GaugeMetricFamily(
+                    "ladder_outcome_stream_warn_length", "Stream length past which workers warn",
+                    warn_length(self._bound, self._warn_share),
+                ),
+            ]  # fmt: skip
+        return families
+
+
+def warn_length(bound: int, warn_share: float) -> int:
+    """The stream length at which the warning starts: the warn share of the bound, at least 1."""
+    return max(1, int(bound * warn_share))
 
 
 class DeadLetters(RedisGauges):
