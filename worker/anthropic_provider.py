@@ -6,6 +6,8 @@ raw calls) and msgspec decodes the answer, to keep the SDK's pydantic models off
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import anthropic
 import httpx2
 import msgspec
@@ -13,6 +15,7 @@ import msgspec
 from worker.provider import (
     Completion,
     CompletionRequest,
+    MalformedResponse,
     ProviderError,
     Transient,
     error_for_status,
@@ -28,15 +31,20 @@ class _Block(msgspec.Struct):
     text: str = ""
 
 
+Tokens = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class _Usage(msgspec.Struct):
-    input_tokens: int = 0
-    output_tokens: int = 0
+    input_tokens: Tokens = 0
+    output_tokens: Tokens = 0
 
 
 class _Message(msgspec.Struct):
-    content: list[_Block] = []
+    # Required, as the API always sends them: a 200 without them is a broken answer, not an empty
+    # one, and one without usage would be billed by the provider while costing nothing here.
+    content: list[_Block]
+    usage: _Usage
     stop_reason: str | None = None
-    usage: _Usage = msgspec.field(default_factory=_Usage)
 
 
 _decoder = msgspec.json.Decoder(_Message)
@@ -74,8 +82,8 @@ class AnthropicProvider:
             raise _status_error(exc) from exc
         except anthropic.APIConnectionError as exc:  # APITimeoutError included
             raise Transient(f"anthropic: {exc.message}") from exc
-        except msgspec.DecodeError as exc:
-            raise Transient(f"anthropic: unreadable response: {exc}") from exc
+        except msgspec.DecodeError as exc:  # ValidationError included: a field missing or of the wrong type
+            raise MalformedResponse(f"anthropic: unreadable response: {exc}") from exc
         text = "".join(block.text for block in response.content if block.type == "text")
         headers = raw.headers
         return Completion(

@@ -6,10 +6,19 @@ import json
 import re
 
 import httpx2
+import pydantic
 from google import genai
 from google.genai import errors, types
 
-from worker.provider import Completion, CompletionRequest, ProviderError, Transient, error_for_status, parse_retry_after
+from worker.provider import (
+    Completion,
+    CompletionRequest,
+    MalformedResponse,
+    ProviderError,
+    Transient,
+    error_for_status,
+    parse_retry_after,
+)
 
 _RETRY_DELAY = re.compile(r'"retryDelay":\s*"(\d+(?:\.\d+)?)s"')
 _FINISH: dict[types.FinishReason | None, str] = {
@@ -55,18 +64,48 @@ class GeminiProvider:
             raise _status_error(exc) from exc
         except (TimeoutError, httpx2.TransportError, OSError) as exc:  # connection, timeout
             raise Transient(f"gemini: {type(exc).__name__}: {exc}") from exc
-        candidate = response.candidates[0] if response.candidates else None
-        parts = candidate.content.parts if candidate and candidate.content else None
-        usage = response.usage_metadata
-        return Completion(
-            text="".join(p.text for p in parts or [] if p.text and not p.thought),
-            input_tokens=(usage.prompt_token_count or 0) if usage else 0,
-            output_tokens=(usage.candidates_token_count or 0) if usage else 0,
-            finish_reason=_FINISH.get(candidate.finish_reason if candidate else None, "other"),
-        )
+        except (json.JSONDecodeError, pydantic.ValidationError) as exc:  # the SDK reads the 200's body itself
+            raise MalformedResponse(f"gemini: unreadable response: {_unreadable(exc)}") from exc
+        return _completion(response)
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+
+
+def _unreadable(exc: json.JSONDecodeError | pydantic.ValidationError) -> str:
+    """Where the body went wrong, in one line (pydantic's own message spans several and quotes the input)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON: {exc.msg} at char {exc.pos}"
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']} ({exc.error_count()} errors)"
+
+
+def _completion(response: types.GenerateContentResponse) -> Completion:
+    """The answer of a 200, or MalformedResponse when its body is not one. The SDK accepts any JSON
+    (an empty body, null, {}) as a response with every field None: a real answer has candidates, or
+    promptFeedback saying why it has none."""
+    feedback = response.prompt_feedback
+    if not response.candidates and feedback is None:
+        raise MalformedResponse("gemini: unreadable response: neither candidates nor promptFeedback")
+    usage = response.usage_metadata
+    input_tokens = (usage.prompt_token_count or 0) if usage else 0
+    output_tokens = (usage.candidates_token_count or 0) if usage else 0
+    if input_tokens < 0 or output_tokens < 0:
+        raise MalformedResponse(f"gemini: unreadable response: negative token counts {input_tokens}, {output_tokens}")
+    candidate = response.candidates[0] if response.candidates else None
+    if candidate is not None and candidate.content is None and candidate.finish_reason is None:
+        # A blocked answer has no content but says why; one that says nothing is no answer.
+        raise MalformedResponse("gemini: unreadable response: a candidate with neither content nor finishReason")
+    parts = candidate.content.parts if candidate and candidate.content else None
+    finish = _FINISH.get(candidate.finish_reason if candidate else None, "other")
+    if candidate is None and feedback is not None and feedback.block_reason:
+        finish = "refused"  # the prompt itself was blocked
+    return Completion(
+        text="".join(p.text for p in parts or [] if p.text and not p.thought),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        finish_reason=finish,
+    )
 
 
 def _status_error(exc: errors.APIError) -> ProviderError:

@@ -8,7 +8,7 @@ pydantic models, which were a third of the worker's CPU per call at batch rates.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import httpx2
 import msgspec
@@ -17,6 +17,7 @@ import openai
 from worker.provider import (
     Completion,
     CompletionRequest,
+    MalformedResponse,
     ProviderError,
     Transient,
     error_for_status,
@@ -38,13 +39,18 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
+Tokens = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: Tokens = 0
+    completion_tokens: Tokens = 0
 
 
 class _ChatCompletion(msgspec.Struct):
-    choices: list[_Choice] = []
+    # A 200 without a choice is a broken answer, not an empty one. Usage stays optional: some
+    # OpenAI-compatible servers leave it out (their models are priced at 0 anyway).
+    choices: Annotated[list[_Choice], msgspec.Meta(min_length=1)]
     usage: _Usage | None = None
 
 
@@ -100,8 +106,8 @@ async def post_json(
         raise _status_error(exc, name) from exc
     except openai.APIConnectionError as exc:  # APITimeoutError included
         raise Transient(f"{name}: {exc.message}") from exc
-    except msgspec.DecodeError as exc:
-        raise Transient(f"{name}: unreadable response: {exc}") from exc
+    except msgspec.DecodeError as exc:  # ValidationError included: a field missing or of the wrong type
+        raise MalformedResponse(f"{name}: unreadable response: {exc}") from exc
 
 
 def _status_error(exc: openai.APIStatusError, name: str) -> ProviderError:

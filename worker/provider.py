@@ -6,6 +6,7 @@ the few classes below, so nothing above this layer imports an SDK.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -14,6 +15,7 @@ from typing import Protocol
 import msgspec
 
 from ladder.messages import Message
+from ladder.redact import Redactor, scrub_exception
 
 
 class CompletionRequest(msgspec.Struct, frozen=True):
@@ -44,12 +46,21 @@ def header_int(headers: Mapping[str, str], name: str) -> int | None:
 
 
 class ProviderError(Exception):
-    """A failed provider call. `error_class` is what lands in the outcome row."""
+    """A failed provider call. `error_class` is what lands in the outcome row.
+
+    Its message is masked (ladder/redact.py) as it is made: providers and proxies echo keys in their
+    error bodies, and this message goes to outcome rows, dead letters, job records and logs. The SDK
+    exception being handled, chained to this one as its cause, is masked in place for the same
+    reason: a traceback prints it."""
 
     error_class = "error"
 
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
+        mask = Redactor.from_env()
+        handled = sys.exc_info()[1]
+        if handled is not None:
+            scrub_exception(handled, mask)
+        super().__init__(mask(message))
         self.status = status
         self.retry_after = retry_after
 
@@ -66,6 +77,14 @@ class Transient(ProviderError):
     """5xx, timeouts and connection failures: the same call may succeed later."""
 
     error_class = "transient"
+
+
+class MalformedResponse(Transient):
+    """A 200 whose body is not the provider's answer (not JSON, fields missing or of the wrong type):
+    a proxy or provider fault, so the model cools down and the next candidate is asked. The answer
+    cannot be read, so neither can its usage: the row has no tokens and no cost."""
+
+    error_class = "malformed"
 
 
 class ContextTooLong(ProviderError):
