@@ -1,4 +1,9 @@
-"""structlog, configured once at start-up: JSON for machines, readable on a terminal, secrets masked."""
+"""structlog, configured once at start-up: JSON for machines, readable on a terminal, secrets masked.
+
+Masking is the same as for exception messages (ladder/redact.py): the environment's secret values
+and anything shaped like a key, in structlog's events and in the standard library's records (arq
+logs through those), tracebacks included.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +14,43 @@ from typing import Any
 
 import structlog
 
-SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
-MASK = "***"
+from ladder.redact import MASK, SECRET_ENV_SUFFIXES, Redactor, secrets_from_env
+
+__all__ = ["MASK", "SECRET_ENV_SUFFIXES", "MaskingFormatter", "SecretMasker", "configure_logging", "secrets_from_env"]
 
 
 class SecretMasker:
-    """A processor that replaces every known secret value anywhere in an event with ***."""
+    """A structlog processor that masks secrets anywhere in an event, in nested lists and dicts too."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+        self.mask = Redactor(secrets)
 
-    def mask(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+    def _masked(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, BaseException):
+            return self.mask(repr(value))
+        if isinstance(value, dict):
+            return {k: self._masked(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._masked(v) for v in value]
+        return value
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in event.items():
-            if isinstance(value, str):
-                event[key] = self.mask(value)
-            elif isinstance(value, BaseException):
-                event[key] = self.mask(repr(value))
+            event[key] = self._masked(value)
         return event
 
 
-def secrets_from_env(env: dict[str, str]) -> list[str]:
-    return [v for k, v in env.items() if k.endswith(SECRET_ENV_SUFFIXES) and v]
+class MaskingFormatter(logging.Formatter):
+    """A standard-library formatter whose whole output (message and traceback) is masked."""
+
+    def __init__(self, mask: Redactor, fmt: str) -> None:
+        super().__init__(fmt)
+        self._mask = mask
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._mask(super().format(record))
 
 
 def configure_logging(fmt: str, env: dict[str, str], level: int = logging.INFO) -> SecretMasker:
@@ -59,5 +74,7 @@ def configure_logging(fmt: str, env: dict[str, str], level: int = logging.INFO) 
         cache_logger_on_first_use=True,
     )
     # arq logs through the standard library; keep its lines but quiet its per-job chatter.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(MaskingFormatter(masker.mask, "%(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     return masker

@@ -9,7 +9,9 @@ Routes (POST, JSON bodies with Content-Length or chunked; keep-alive; any number
 - Gemini embeddings       /v1[beta]/models/{model}:embedContent and :batchEmbedContents
 
 Anything else answers 404 with a JSON body. A request without an API key (x-api-key, Authorization:
-Bearer, x-goog-api-key or ?key=) answers 401 in the provider's error format.
+Bearer, x-goog-api-key or ?key=) answers 401 in the provider's error format. Every 401 and 403 to a
+request with a key echoes that key whole in its error message (a provider or proxy at its worst);
+`reject_key(model, status=401)` refuses every call of a model that way.
 
 Deterministic token counting, the same for the three formats:
 
@@ -46,6 +48,26 @@ where input/output report the `tpm` bucket when no input_tpm/output_tpm is set; 
 says the wait in a RetryInfo detail of the 429 body). A call failed by `fail`/`fail_rate` still counts
 as a request but gives its tokens back.
 
+A fault storm, `storm(seed, error_rate=0.2, malformed_rate=0.1, models=None)`, answers a share of every
+model's chat calls (or of `models`' calls; embeddings are spared) with a fault, recorded in
+`Call.answer` ("" for an ordinary answer):
+
+- error_rate, in equal parts: "error_500" (500), "overloaded" (529 for Anthropic, 503 for OpenAI and
+  Gemini), "held" (no answer at all: the connection is held until the client hangs up or `hold_s`
+  passes, then closed; recorded with status 0, what a client's timeout is for);
+- malformed_rate, in equal parts, all 200s: "bad_json" (the answer's body cut in half), "missing_fields"
+  (no content / choices / candidates), "wrong_types" (a usage count that is a word), "empty_answer"
+  (a well-formed answer with empty text), "not_json" (prose, to a request that asked for JSON: OpenAI
+  response_format, Gemini responseMimeType, an Anthropic system prompt naming JSON; to any other
+  request this draw is an "empty_answer").
+
+`faults=[...]` narrows the kinds drawn (each rate is then shared among its kinds named there), and
+`hold_s` bounds how long a held call is held. Faults and unreadable bodies are recorded with zero
+tokens (the client can read none); the two well-formed kinds with their tokens, as answers are. Each
+draw is seeded by the seed, the model, the request body and how many times that body was sent before,
+so the same requests meet the same faults whatever the order they arrive in. It runs after
+`fail`/`fail_rate` and the rate limits.
+
 Counters per model, in both modes: `stats()` and `GET /_fake/stats` answer
 {model: {"ok": n, "429": n, "5xx": n, "other": n}}. Control over HTTP (what a benchmark driving the
 process uses): `POST /_fake/fail` {"model", "status", "rate"[, "seed"]} and `POST /_fake/limit`
@@ -54,7 +76,8 @@ gpt-4o-mini:rpm=600,tpm=200000` (repeatable).
 
 In tests: `fake = FakeProvider().start()`, then point the SDKs at `fake.env()`. For benchmarks:
 `python -m tests.fake_provider --port 8765` prints "ready http://127.0.0.1:8765" and serves until killed
-(that process keeps no Call records; fail/reply/reply_when are in-process only, fail_rate/limit/stats also over HTTP).
+(that process keeps no Call records; fail/reply/reply_when/storm are in-process only, fail_rate/limit/stats
+also over HTTP).
 """
 
 from __future__ import annotations
@@ -72,18 +95,26 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 REPLY_PREFIX_CHARS = 120
 CHARS_PER_TOKEN = 4
+# Shaped like real keys and carrying the canary marker (tests/canary.py fails a test where it shows).
 DEFAULT_KEYS = {
-    "ANTHROPIC_API_KEY": "sk-ant-fake-KEY-123",
-    "OPENAI_API_KEY": "sk-openai-fake-KEY-456",
-    "GEMINI_API_KEY": "gemini-fake-KEY-789",
+    "ANTHROPIC_API_KEY": "sk-ant-api03-LADDERCANARY-fake-KEY-123",
+    "OPENAI_API_KEY": "sk-proj-LADDERCANARY-fake-KEY-456",
+    "GEMINI_API_KEY": "AIzaSyLADDERCANARY-fake-KEY-789",
+}
+# What reject_key() answers: the wording of the providers' own refusals, with the whole key in it,
+# as some proxies (and OpenAI itself, partly masked) put it there.
+KEY_IN_MESSAGE = "{api_key}"
+_REJECTIONS = {
+    401: f"Incorrect API key provided: {KEY_IN_MESSAGE}. You can find your API key in your account settings.",
+    403: f"The API key {KEY_IN_MESSAGE} is not permitted to use this model.",
 }
 _GEMINI_PATH = re.compile(r"^/(?:v1|v1beta)/models/([^/]+):generateContent$")
 _GEMINI_EMBED_PATH = re.compile(r"^/(?:v1|v1beta)/models/([^/]+):(embedContent|batchEmbedContents)$")
@@ -142,11 +173,38 @@ class Call:
     model: str
     input_tokens: int
     output_tokens: int
-    status: int
-    api_key: str
+    status: int  # HELD (0): no answer was sent
+    api_key: str = field(repr=False)  # a failing assertion that prints a Call must not show it
+    answer: str = ""  # the storm's fault (STORM_FAULTS), "" for an ordinary answer
 
 
 _Response = tuple[int, dict[str, str], bytes]
+
+HELD = 0  # the status of a call the storm holds without an answer
+STORM_ERRORS = ("error_500", "overloaded", "held")
+STORM_MALFORMED = ("bad_json", "missing_fields", "wrong_types", "empty_answer", "not_json")
+STORM_FAULTS = STORM_ERRORS + STORM_MALFORMED
+_UNREADABLE = ("bad_json", "missing_fields", "wrong_types")
+NOT_JSON_ANSWER = "Sure! Here is what you asked for, in a few words."
+# Where each wire format keeps its answer, and one of its usage counts.
+_ANSWER_FIELD = {"anthropic": "content", "openai": "choices", "gemini": "candidates"}
+_USAGE_FIELD = {
+    "anthropic": ("usage", "input_tokens"),
+    "openai": ("usage", "prompt_tokens"),
+    "gemini": ("usageMetadata", "promptTokenCount"),
+}
+
+
+@dataclass
+class _Storm:
+    seed: int
+    error_rate: float
+    malformed_rate: float
+    models: frozenset[str] | None  # None: every model
+    hold_s: float
+    errors: tuple[str, ...]  # the kinds error_rate is shared among
+    malformed: tuple[str, ...]  # the kinds malformed_rate is shared among
+    sent: dict[bytes, int] = field(default_factory=dict)  # digest of (model, body) -> times seen
 
 
 class _BadRequest(Exception):
@@ -280,6 +338,8 @@ class FakeProvider:
         self._limits: dict[str, dict[str, _Bucket]] = {}  # model -> bucket name -> bucket
         self._fail_rates: dict[str, tuple[int, float, random.Random, str]] = {}  # model -> status, rate, rng, msg
         self._stats: dict[str, dict[str, int]] = {}
+        self._storm: _Storm | None = None
+        self._hold_s = 30.0  # how long a held call is held at most (storm's hold_s)
 
     # ---- control API -------------------------------------------------------------------------
 
@@ -351,6 +411,13 @@ class FakeProvider:
             else:
                 self._failures[model] = [status, times, message]
 
+    def reject_key(self, model: str, status: int = 401) -> None:
+        """Refuse every call to the model as an invalid (401) or forbidden (403) key, with the key
+        the call carried echoed whole in the error message, as a provider or proxy at its worst."""
+        if status not in _REJECTIONS:
+            raise ValueError(f"status {status} is not a key refusal (401 or 403)")
+        self.fail(model, status, message=_REJECTIONS[status])
+
     def fail_rate(
         self, model: str, status: int, rate: float, *, seed: int = 0, message: str = "simulated failure"
     ) -> None:
@@ -362,6 +429,55 @@ class FakeProvider:
                 self._fail_rates.pop(model, None)
             else:
                 self._fail_rates[model] = (status, rate, random.Random(f"{seed}:{model}"), message)
+
+    def storm(
+        self,
+        seed: int,
+        error_rate: float = 0.2,
+        malformed_rate: float = 0.1,
+        models: Iterable[str] | None = None,
+        *,
+        faults: Iterable[str] = STORM_FAULTS,
+        hold_s: float = 30.0,
+    ) -> None:
+        """A fault storm over `models` (None: all), as the module says; both rates 0 end it. Each rate is
+        shared among the kinds of its group named in `faults` (all by default)."""
+        wanted = set(faults)
+        if wanted - set(STORM_FAULTS):
+            raise ValueError(f"unknown faults {sorted(wanted - set(STORM_FAULTS))}: the faults are {STORM_FAULTS}")
+        errors = tuple(f for f in STORM_ERRORS if f in wanted)
+        malformed = tuple(f for f in STORM_MALFORMED if f in wanted)
+        for name, rate, kinds in (("error_rate", error_rate, errors), ("malformed_rate", malformed_rate, malformed)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} {rate} is not a share between 0 and 1")
+            if rate and not kinds:
+                raise ValueError(f"{name} is {rate} but faults names none of its kinds")
+        if error_rate + malformed_rate > 1.0:
+            raise ValueError(f"error_rate + malformed_rate = {error_rate + malformed_rate} is more than 1")
+        with self._lock:
+            if error_rate == malformed_rate == 0:
+                self._storm = None
+                return
+            chosen = None if models is None else frozenset(models)
+            self._storm = _Storm(seed, error_rate, malformed_rate, chosen, hold_s, errors, malformed)
+            self._hold_s = hold_s
+
+    def _storm_draw(self, model: str, body: bytes) -> str:
+        """The storm's fault for this call, or "" (no storm, a model it spares, or no fault drawn)."""
+        with self._lock:
+            storm = self._storm
+            if storm is None or (storm.models is not None and model not in storm.models):
+                return ""
+            digest = hashlib.blake2b(model.encode() + b"\0" + body, digest_size=16).digest()
+            times = storm.sent.get(digest, 0)
+            storm.sent[digest] = times + 1
+        draw = random.Random(f"{storm.seed}:{digest.hex()}:{times}")
+        share = draw.random()
+        if share < storm.error_rate:
+            return draw.choice(storm.errors)
+        if share < storm.error_rate + storm.malformed_rate:
+            return draw.choice(storm.malformed)
+        return ""
 
     def limit(
         self,
@@ -419,6 +535,7 @@ class FakeProvider:
             self._limits.clear()
             self._fail_rates.clear()
             self._stats.clear()
+            self._storm = None
 
     # ---- the server --------------------------------------------------------------------------
 
@@ -464,6 +581,10 @@ class FakeProvider:
                 except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                     return
                 status, extra, payload = self._handle(method, target, headers, body)
+                if status == HELD:  # no answer: what the client's timeout is for
+                    with contextlib.suppress(TimeoutError, ConnectionError):
+                        await asyncio.wait_for(reader.read(1), self._hold_s)  # b"" once the client hangs up
+                    return
                 connection = headers.get("connection", "").lower()
                 keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
                 writer.write(_response(status, extra, payload, keep))
@@ -524,11 +645,50 @@ class FakeProvider:
         if failure is not None:
             self._give_back(model, input_tokens, output_tokens)
             return self._error(provider, model, api_key, failure[0], failure[1])
-        self._record(Call(provider, model, input_tokens, output_tokens, 200, api_key))
+        answer = (model, text, input_tokens, output_tokens, truncated)
+        return self._served(provider, api_key, body, answer, limit_headers)
+
+    def _served(
+        self, provider: str, api_key: str, body: bytes, answer: tuple[str, str, int, int, bool], headers: dict[str, str]
+    ) -> _Response:
+        """What a call past every check gets: the storm's fault if one is drawn, else its answer."""
+        model, text, input_tokens, output_tokens, truncated = answer
+        fault = self._storm_draw(model, body)
+        if fault == "not_json" and not _wants_json(provider, body):
+            fault = "empty_answer"
+        if fault in STORM_ERRORS or fault in _UNREADABLE:  # nothing the client can read, so nothing billed
+            self._give_back(model, input_tokens, output_tokens)
+        if fault in STORM_ERRORS:
+            return self._storm_error(provider, model, api_key, fault)
+        if fault in ("empty_answer", "not_json"):
+            text = NOT_JSON_ANSWER if fault == "not_json" else ""
+            output_tokens, truncated = _tokens(text), False
+        return self._answer(provider, api_key, (model, text, input_tokens, output_tokens, truncated), fault, headers)
+
+    def _answer(
+        self, provider: str, api_key: str, answer: tuple[str, str, int, int, bool], fault: str, headers: dict[str, str]
+    ) -> _Response:
+        """A 200 with the answer (model, text, input tokens, output tokens, truncated), its body broken
+        when the storm's fault is one of the unreadable kinds."""
+        model, _, input_tokens, output_tokens, _ = answer
+        readable = fault not in _UNREADABLE
+        served = (input_tokens, output_tokens) if readable else (0, 0)
+        self._record(Call(provider, model, *served, 200, api_key, fault))
         n = next(self._ids)
         build, id_header = _BODIES[provider]
         extra = {id_header: f"req_fake{n:012d}"} if id_header else {}
-        return 200, {**extra, **limit_headers}, _json(build(n, model, text, input_tokens, output_tokens, truncated))
+        body = build(n, *answer)
+        payload = _json(body) if readable else _unreadable(provider, fault, body)
+        return 200, {**extra, **headers}, payload
+
+    def _storm_error(self, provider: str, model: str, api_key: str, fault: str) -> _Response:
+        if fault == "held":
+            self._record(Call(provider, model, 0, 0, HELD, api_key, fault))
+            return HELD, {}, b""
+        status = 500 if fault == "error_500" else 529 if provider == "anthropic" else 503
+        self._record(Call(provider, model, 0, 0, status, api_key, fault))
+        message = "storm: internal error" if status == 500 else "storm: overloaded"
+        return status, {}, _json(_error_body(provider, status, message))
 
     def _handle_embeddings(
         self, method: str, route: tuple[str, str, str], headers: dict[str, str], query: str, body: bytes
@@ -676,6 +836,9 @@ class FakeProvider:
 
     def _error(self, provider: str, model: str, api_key: str, status: int, message: str) -> _Response:
         self._record(Call(provider, model, 0, 0, status, api_key))
+        if status in (401, 403) and api_key:  # a refused key is echoed whole, in its place or at the end
+            echoed = KEY_IN_MESSAGE in message
+            message = message.replace(KEY_IN_MESSAGE, api_key) if echoed else f"{message}: {api_key}"
         extra = {"retry-after": "1"} if status == 429 else {}
         return status, extra, _json(_error_body(provider, status, message))
 
@@ -851,6 +1014,32 @@ _BODIES: dict[str, tuple[Any, str]] = {
 
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _wants_json(provider: str, body: bytes) -> bool:
+    """Whether a (parsed before, so valid) chat request asks for a JSON answer."""
+    request = json.loads(body)
+    if provider == "openai":
+        wanted = request.get("response_format")
+        return isinstance(wanted, dict) and wanted.get("type") in ("json_object", "json_schema")
+    if provider == "gemini":
+        config = request.get("generationConfig") or request.get("generation_config") or {}
+        return (config.get("responseMimeType") or config.get("response_mime_type")) == "application/json"
+    return "JSON" in "\n".join(_texts(request.get("system")))  # the Messages API has no JSON switch
+
+
+def _unreadable(provider: str, fault: str, answer: dict[str, Any]) -> bytes:
+    """A 200's body broken as the storm's fault says: cut in half, its answer left out, or a usage
+    count that is a word."""
+    if fault == "bad_json":
+        whole = _json(answer)
+        return whole[: len(whole) // 2]
+    if fault == "missing_fields":
+        del answer[_ANSWER_FIELD[provider]]
+    else:
+        usage, count = _USAGE_FIELD[provider]
+        answer[usage][count] = "many"
+    return _json(answer)
 
 
 def _response(status: int, extra: dict[str, str], payload: bytes, keep: bool) -> bytes:

@@ -7,11 +7,12 @@ import subprocess
 import sys
 from typing import Any
 
-# Recognizable fake keys: tests assert they reach no output, log, row or file.
+# Recognizable fake keys, shaped like real ones, with the canary marker: tests/canary.py fails any
+# test where it reaches output, a log, a row or a file.
 FAKE_KEYS = {
-    "ANTHROPIC_API_KEY": "sk-ant-SECRET-anthropic-0001",
-    "OPENAI_API_KEY": "sk-SECRET-openai-0002",
-    "GEMINI_API_KEY": "AIza-SECRET-gemini-0003",
+    "ANTHROPIC_API_KEY": "sk-ant-api03-LADDERCANARY-anthropic-0001",
+    "OPENAI_API_KEY": "sk-proj-LADDERCANARY-openai-0002",
+    "GEMINI_API_KEY": "AIzaSyLADDERCANARY-gemini-0003",
 }
 
 
