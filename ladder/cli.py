@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -36,7 +37,7 @@ from ladder.rejects import RejectsFile
 from ladder.report import Filters, ReportError, Reports
 from ladder.report_cmd import add_report_parser, print_tables, run_report
 from ladder.results import batch_counts, batch_records, result_line
-from ladder.settings import Settings
+from ladder.settings import Settings, redacted_url
 from ladder.strategy_cmd import add_strategy_parser, run_strategy
 from policies.config import CLASSIFY_QUEUE, SHADOW_QUEUE, PolicyError
 from producer.submit import SubmitReport
@@ -44,6 +45,7 @@ from worker.arq_worker import DEFAULT_GRACE_PERIOD_S
 from worker.classifier_worker import classifier_worker
 from worker.providers import MissingKeyError
 from worker.shadow_worker import shadow_worker
+from worker.sink import CLAIM_EVERY_S, CLAIM_IDLE_MS, quiet_client_logs
 from worker.tier_worker import tier_worker
 
 log = structlog.get_logger("ladder")
@@ -98,6 +100,7 @@ async def cmd_worker(app: App, args: argparse.Namespace) -> int:
         "max_jobs": args.concurrency,
         "poll_delay": args.poll_delay,
         "grace_period": args.grace_period,
+        "gate": app.backlog(),  # no new jobs while the outcome stream is at its bound
     }
     if args.classifier:
         worker = classifier_worker(await app.classifier_runtime(), **options)
@@ -119,13 +122,16 @@ async def cmd_worker(app: App, args: argparse.Namespace) -> int:
 
 
 async def cmd_sink(app: App, args: argparse.Namespace) -> int:
-    sink = app.sink(args.batch_size)
+    sink = app.sink(args.batch_size, claim_idle_ms=int(args.claim_after * 1000), claim_every_s=args.claim_every)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish the batch in hand, ack it, then exit
         loop.add_signal_handler(sig, stop.set)
     stats = await sink.run(burst=args.burst, stop=stop)
-    log.info("sink stopped", inserted=stats.inserted, batches=stats.batches, malformed=stats.malformed)
+    log.info(
+        "sink stopped", inserted=stats.inserted, batches=stats.batches, malformed=stats.malformed,
+        replayed=stats.replayed, claimed=stats.claimed, retries=stats.retries,
+    )  # fmt: skip
     return 0
 
 
@@ -249,6 +255,14 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sink", help="move outcome events into ClickHouse")
     s.add_argument("--burst", action="store_true", help="exit when no event is left")
     s.add_argument("--batch-size", type=int, default=5000)
+    s.add_argument(
+        "--claim-after", type=float, default=CLAIM_IDLE_MS / 1000, metavar="SECONDS",
+        help="take over entries another sink has held unacked this long (it died mid-batch)",
+    )  # fmt: skip
+    s.add_argument(
+        "--claim-every", type=float, default=CLAIM_EVERY_S, metavar="SECONDS",
+        help="how often a running sink looks for such entries (it also does when it starts)",
+    )  # fmt: skip
     add_metrics_port(s)
     add_exporter_parser(sub)
     r = sub.add_parser("run", help="enqueue a file and process it to the end in this one process")
@@ -292,7 +306,8 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]
 
 
 async def _main(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_app(settings) as app, probes_served(app, args):
+    long_running = args.command in ("worker", "sink") and not getattr(args, "burst", False)
+    async with open_app(settings, wait_for_redis=long_running) as app, probes_served(app, args):
         return await COMMANDS[args.command](app, args)
 
 
@@ -314,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]policies:[/] {e}", highlight=False)
         return 2
     configure_logging(settings.log_format, settings.env)
+    if args.command == "sink":
+        quiet_client_logs()  # an outage is one line per try, the sink's own (worker/sink.py)
     try:
         if args.command in OFFLINE:
             return OFFLINE[args.command](args)
@@ -322,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run_loop(_main(settings, args))
     except (MissingKeyError, PolicyError, ReportError, FileNotFoundError) as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
+        return 2
+    except RedisConnectionError as e:  # still down after the connection retries
+        err.print(f"[red]error:[/] cannot reach Redis at {redacted_url(settings.redis_url)}: {e}", highlight=False)
         return 2
     except KeyboardInterrupt:
         return 130

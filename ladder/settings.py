@@ -9,7 +9,7 @@ ON CLUSTER, with Distributed tables; unset, for one node (deploy/README.md, Clic
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,12 +75,17 @@ class EmbeddedRedis:
         self.socket_path: str = self._server.socket_file
 
 
-def redis_settings(settings: Settings, embedded: EmbeddedRedis | None = None) -> RedisSettings:
+def redis_settings(
+    settings: Settings, embedded: EmbeddedRedis | None = None, *, wait_for_redis: bool = False
+) -> RedisSettings:
+    """arq's connection settings. A long-running process (`wait_for_redis`) started while Redis
+    restarts waits about 30 s for it instead of exiting; a command gives up after arq's 5 tries."""
     if settings.embedded_redis:
         if embedded is None:
             raise RuntimeError("embedded Redis requested but not started")
         return RedisSettings(unix_socket_path=embedded.socket_path)
-    return RedisSettings.from_dsn(settings.redis_url)
+    dsn = RedisSettings.from_dsn(settings.redis_url)
+    return replace(dsn, conn_retries=15, conn_retry_delay=2) if wait_for_redis else dsn
 
 
 def redacted_url(url: str) -> str:

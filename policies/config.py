@@ -159,13 +159,24 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_limit_retries: int = 5  # 429s waited out on the same model before failing over
     cooldown_s: int = 30  # after 5xx, 529 or a timeout the model is skipped by every worker this long
     max_lane_wait_s: int = 60  # a job waits this long at most for a blocked lane, then fails over
+    # A run that raises in Ladder's own code, or whose worker died mid-job, counts as a try; on the
+    # try after this many the job is dead-lettered with the reason instead of being run again.
+    max_job_tries: int = 3
+    crash_retry_delay_s: float = 5.0  # a crashed run is tried again after this many seconds times its try
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_prompt_chars: int = 400_000
     max_output_tokens: int = 8192
     job_timeout_s: int = 300
+    # arq cancels a job this long after job_timeout_s, with nothing recorded: Ladder settles first.
+    # A worker killed mid-job leaves its job until job_timeout_s + settle_margin_s + 10 s have passed.
+    settle_margin_s: int = 60
     result_ttl_s: int = 7 * 24 * 3600
+    # Outcome events waiting for ClickHouse (the Redis Stream) at which workers stop claiming jobs,
+    # and the share of it past which they warn (worker/backlog.py). Backpressure, never trimming.
+    outcome_stream_max: int = 1_000_000
+    outcome_stream_warn_share: float = 0.8
 
 
 class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -398,6 +409,24 @@ def _check_budgets(p: Policies) -> Policies:
     default = p.budgets.default_monthly_usd
     if default is not None and (not default.is_finite() or default < 0):
         raise PolicyError(f"budgets.default_monthly_usd: {default} must be a non-negative amount")
+    return _check_limits(p)
+
+
+def _check_limits(p: Policies) -> Policies:
+    at_least_one = {
+        "limits.job_timeout_s": p.limits.job_timeout_s,
+        "limits.settle_margin_s": p.limits.settle_margin_s,
+        "limits.outcome_stream_max": p.limits.outcome_stream_max,
+        "faults.max_job_tries": p.faults.max_job_tries,
+    }
+    for field, value in at_least_one.items():
+        if value < 1:
+            raise PolicyError(f"{field}: {value} must be at least 1")
+    if not 0 < p.limits.outcome_stream_warn_share <= 1:
+        share = p.limits.outcome_stream_warn_share
+        raise PolicyError(f"limits.outcome_stream_warn_share: {share} must be above 0 and at most 1")
+    if not 0 <= p.faults.crash_retry_delay_s < 3600:
+        raise PolicyError(f"faults.crash_retry_delay_s: {p.faults.crash_retry_delay_s} must be between 0 and 3600")
     return p
 
 

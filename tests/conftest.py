@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,16 @@ from ladder.keys import Keys
 from ladder.queueing import deserialize_arq, serialize_arq
 from ladder.settings import Settings
 from policies.config import parse_policies
+from tests.canary import (  # the canary's hook and autouse fixture, imported to serve the whole suite
+    assert_no_canary_in_clickhouse,
+    assert_no_canary_in_redis,
+    canary_reads_process_output,  # noqa: F401
+    pytest_runtest_makereport,  # noqa: F401
+)
 from tests.fake_provider import FakeProvider
 from tests.helpers import FAKE_KEYS, THREE_TIERS
+from tests.processes import Process, started_processes
+from tests.slow_provider import SlowServer, serve_slowly
 from worker.clickhouse import ClickHouse
 
 REDIS_URL = os.environ.get("LADDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -39,8 +47,11 @@ def clean_redis(redis_url: str) -> Iterator[str]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield redis_url
-    client.flushdb()
-    client.close()
+    try:
+        assert_no_canary_in_redis(client)
+    finally:
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture
@@ -58,10 +69,11 @@ def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def clickhouse(chdb_url: str) -> ClickHouse:
+def clickhouse(chdb_url: str) -> Iterator[ClickHouse]:
     ch = ClickHouse(chdb_url, f"test_{os.getpid()}_{next(_db_numbers)}")
     ch.migrate()
-    return ch
+    yield ch
+    assert_no_canary_in_clickhouse(ch)
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +153,23 @@ def cli_env(settings_env: dict[str, str], fake: FakeProvider, policies_file: Pat
 @pytest.fixture
 def policies():  # type: ignore[no-untyped-def]
     return parse_policies(THREE_TIERS)
+
+
+@pytest.fixture
+def slow() -> Iterator[SlowServer]:
+    """A provider whose answers take `slow.delay` seconds (tests/slow_provider.py)."""
+    yield from serve_slowly()
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[..., Process]]:
+    """Start `ladder` commands in the background (tests/processes.py); killed at the end of the test."""
+    yield from started_processes()
+
+
+@pytest.fixture
+def db(clean_redis: str) -> Iterator[redis.Redis]:
+    """A plain Redis client on the test's database."""
+    client = redis.Redis.from_url(clean_redis)
+    yield client
+    client.close()

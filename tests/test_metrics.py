@@ -287,19 +287,19 @@ async def test_exporter_serves_queue_gauges_and_probes(
 
 
 def test_exporter_is_alive_but_not_ready_while_redis_is_away(cli_env: dict[str, str], tmp_path: Path) -> None:
-    dead = f"redis://:pw-SECRET-0004@127.0.0.1:{_free_port()}/0"
+    dead = f"redis://:pw-LADDERCANARY-0004@127.0.0.1:{_free_port()}/0"  # the canary watches it too
     with _serving(dict(cli_env, REDIS_URL=dead), tmp_path / "exporter.log", "exporter") as port:
         status, body = _get(port, "/readyz")
         assert status == 503
         assert body.startswith("redis: ") and body.count("\n") == 1
-        assert "pw-SECRET" not in body
+        assert "pw-LADDERCANARY" not in body
         assert _get(port, "/healthz") == (200, "ok\n")
         status, page = _get(port, "/metrics")
         assert status == 200
         assert not any(name.startswith("ladder_queue") for name, _ in _samples(page))
         _no_secret(page)
-        assert "pw-SECRET" not in page
-    assert "pw-SECRET" not in (tmp_path / "exporter.log").read_text()
+        assert "pw-LADDERCANARY" not in page
+    assert "pw-LADDERCANARY" not in (tmp_path / "exporter.log").read_text()
 
 
 async def test_worker_and_sink_processes_serve_their_counters_and_probes(

@@ -41,6 +41,9 @@ def test_ladder_policies_variable_names_the_file(tmp_path: Path, monkeypatch: py
         (lambda t: t.replace("[rules]", "[rules]\ncolour = 1"), "unknown field `colour`"),
         (lambda t: t + "\n[[tiers]\n", "not valid TOML"),
         (lambda t: t + '\n[escalation]\nkeep_on_top_tier = ["sloppy"]\n', "escalation.keep_on_top_tier: ['sloppy']"),
+        (lambda t: t + "\n[faults]\nmax_job_tries = 0\n", "faults.max_job_tries: 0 must be at least 1"),
+        (lambda t: t + "\n[faults]\ncrash_retry_delay_s = -1\n", "faults.crash_retry_delay_s: -1.0 must be between"),
+        (lambda t: t + "\n[limits]\nsettle_margin_s = 0\n", "limits.settle_margin_s: 0 must be at least 1"),
     ],
 )
 def test_bad_policies_name_the_field(mutation, message: str) -> None:  # type: ignore[no-untyped-def]

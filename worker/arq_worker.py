@@ -22,17 +22,22 @@ are replaced; arq is pinned to 0.28.* in pyproject.toml because this relies on i
 from __future__ import annotations
 
 import asyncio
+import time
+import traceback
 from signal import Signals
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 import structlog
-from arq import Worker
+from arq import Retry, Worker
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, retry_key_prefix
 from arq.typing import WorkerCoroutine
 from arq.utils import timestamp_ms
 from arq.worker import func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ladder.keys import Keys
 from ladder.messages import TIER_TASK_DECODER
@@ -62,14 +67,33 @@ return redis.call('ZSCORE', KEYS[3], ARGV[1])
 """
 
 
+# Redis gone (restarted, failed over, a network blip), full (noeviction refuses writes) or a replica
+# just demoted: the poll loop waits and tries again instead of ending the process; redis-py
+# reconnects on the next command.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OutOfMemoryError, ReadOnlyError)
+REDIS_RETRY_MAX_S = 5.0
+
+
+class ClaimGate(Protocol):
+    """Asked before each poll: a reason to claim no new jobs for now (None: claim)."""
+
+    async def closed(self) -> str | None: ...
+
+
 class _Stopped(Exception):
     """Ends arq's poll loop between two polls once a graceful stop has handed every job back."""
 
 
 class LadderWorker(Worker):
-    def __init__(self, *args: Any, grace_period: float = DEFAULT_GRACE_PERIOD_S, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, grace_period: float = DEFAULT_GRACE_PERIOD_S, gate: ClaimGate | None = None, **kwargs: Any
+    ) -> None:
         # Before arq's __init__, which registers handle_sig for SIGTERM and SIGINT.
         self.grace_period = grace_period
+        self.gate = gate
+        self._gate_reason: str | None = None
+        self._redis_retry_s = 0.0
+        self.polled_at = time.time()  # the poll loop's own beat: arq's needs Redis (worker/health.py)
         self.jobs_handed_back = 0
         self._shutdown: asyncio.Task[None] | None = None
         self._hurry = asyncio.Event()  # a second signal: hand back now
@@ -83,6 +107,8 @@ class LadderWorker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         if self._claim is None:
             self._claim = self.pool.register_script(_CLAIM)
+        if job_ids and await self._gate_closed():
+            return
         ttl_ms = int(self.in_progress_timeout_s * 1000)
         for job_id_b in job_ids:
             await self.sem.acquire()
@@ -92,9 +118,14 @@ class LadderWorker(Worker):
                 return
             self.job_counter += 1
             job_id = job_id_b.decode()
-            score = await self._claim(
-                keys=[in_progress_key_prefix + job_id, self.queue_name], args=[job_id, timestamp_ms(), ttl_ms]
-            )
+            try:
+                score = await self._claim(
+                    keys=[in_progress_key_prefix + job_id, self.queue_name], args=[job_id, timestamp_ms(), ttl_ms]
+                )
+            except BaseException:  # Redis went away: the slot must not leak with it
+                self.job_counter -= 1
+                self.sem.release()
+                raise
             if score is not None and not self.allow_pick_jobs:  # claimed as the signal came: give it back
                 await self.pool.delete(in_progress_key_prefix + job_id)
                 score = None
@@ -105,6 +136,18 @@ class LadderWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def _gate_closed(self) -> bool:
+        if self.gate is None:
+            return False
+        reason = await self.gate.closed()
+        if reason != self._gate_reason:
+            if reason:
+                log.warning("claiming no new jobs", queue=self.queue_name, reason=reason)
+            else:
+                log.info("claiming jobs again", queue=self.queue_name)
+            self._gate_reason = reason
+        return reason is not None
 
     def handle_sig(self, signum: Signals) -> None:
         """SIGTERM or SIGINT (arq's handler, replaced): no new claims, then the graceful stop."""
@@ -148,8 +191,16 @@ class LadderWorker(Worker):
         self._polling = True
         try:
             await super()._poll_iteration()
+            self._redis_retry_s = 0.0
+        except REDIS_DOWN as e:
+            # A job whose bookkeeping failed keeps its in-progress key (if Redis kept it) and runs
+            # again after it expires; its settled mark keeps the re-run from billing twice.
+            self._redis_retry_s = min(max(self._redis_retry_s * 2, self.poll_delay_s), REDIS_RETRY_MAX_S)
+            log.warning("redis unavailable", queue=self.queue_name, error=str(e), retry_in_s=self._redis_retry_s)
+            await asyncio.sleep(self._redis_retry_s)
         finally:
             self._polling = False
+            self.polled_at = time.time()
         if self._stopped:
             raise _Stopped
 
@@ -197,13 +248,44 @@ class TaskRuntime(Protocol[TaskT_contra]):
 
     async def run(self, task: TaskT_contra, task_id: str, job_try: int) -> str: ...
 
+    async def give_up(self, task: TaskT_contra, task_id: str, reason: str) -> str:
+        """Settle a task that crashed on every try, with the reason: a job is dead-lettered."""
+        ...
+
 
 def job_function(decoder: msgspec.msgpack.Decoder[TaskT]) -> WorkerCoroutine:
-    """An arq job function for one message type: decode the task, hand it to this process's runtime."""
+    """An arq job function for one message type: decode the task, hand it to this process's runtime.
+
+    arq drops a job whose function raises anything but Retry, with nothing recorded, and drops a job
+    past its max_tries (a worker killed mid-job uses a try) the same way. Here a crash is retried
+    after a delay, and the try after `faults.max_job_tries` settles the task as given up instead
+    of running it: a poison job ends in the dead letters with its reason, and holds up nothing.
+    """
 
     async def run_task(ctx: dict[str, Any], raw: bytes) -> str:
         runtime: TaskRuntime[TaskT] = ctx[RUNTIME_KEY]
-        return await runtime.run(decoder.decode(raw), ctx["job_id"], ctx.get("job_try", 1))
+        task_id, job_try = ctx["job_id"], ctx.get("job_try", 1)
+        faults = runtime.policies.faults
+        task = decoder.decode(raw)
+        if job_try > faults.max_job_tries:
+            reason = f"given up: each try crashed or lost its worker (faults.max_job_tries = {faults.max_job_tries})"
+            return await runtime.give_up(task, task_id, reason)
+        try:
+            return await runtime.run(task, task_id, job_try)
+        except Exception as e:
+            # Redis lost mid-job is retried the same way (arq would drop the job on any other
+            # exception), and counts as a try: a job that meets three outages is rare and says so.
+            if isinstance(e, REDIS_DOWN):
+                log.warning("redis lost during the job", task_id=task_id, job_try=job_try, error=str(e))
+            else:
+                # The traceback as plain text: a process that never configured structlog would render
+                # it with rich and every frame's locals, blocking the event loop for minutes.
+                log.error("the job crashed the worker code", task_id=task_id, job_try=job_try,
+                          exception=traceback.format_exc())  # fmt: skip
+            if job_try >= faults.max_job_tries:
+                reason = f"crashed on each of {job_try} tries, last with {type(e).__name__}: {e}"
+                return await runtime.give_up(task, task_id, reason)
+            raise Retry(defer=faults.crash_retry_delay_s * job_try) from e
 
     return run_task
 
@@ -222,6 +304,7 @@ def queue_worker(
     poll_delay: float = 0.05,
     handle_signals: bool = True,
     grace_period: float = DEFAULT_GRACE_PERIOD_S,
+    gate: ClaimGate | None = None,
 ) -> Worker:
     """An arq Worker on one queue with Ladder's serializer; results live in job records, not arq.
     `decoder` reads the queue's payloads; without one they are TierTasks (tier and classify queues)."""
@@ -235,14 +318,15 @@ def queue_worker(
         poll_delay=poll_delay,
         # arq cancels a job at its timeout with nothing recorded: give Ladder's own budget
         # (limits.job_timeout_s, enforced in the runtimes) time to settle the job first.
-        job_timeout=runtime.policies.limits.job_timeout_s + 60,
+        job_timeout=runtime.policies.limits.job_timeout_s + runtime.policies.limits.settle_margin_s,
         keep_result=0,
-        max_tries=3,
+        max_tries=runtime.policies.faults.max_job_tries + 1,  # the last try only gives up (job_function)
         job_serializer=serialize_arq,
         job_deserializer=deserialize_arq,
         ctx={RUNTIME_KEY: runtime},
         handle_signals=handle_signals,
         grace_period=grace_period,
+        gate=gate,
         health_check_key=f"{queue}:health-check",
         health_check_interval=30,
         log_results=False,

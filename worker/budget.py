@@ -10,6 +10,14 @@ settle later after all, its real cost is still counted. Over budget, the custome
 what happens: reject (the job is dead-lettered, reason over_budget) or downgrade (a cheaper tier
 whose estimate still fits).
 
+What is guaranteed: spent never passes the limit while each call's real cost stays within its hold
+(tests/test_budget_race.py: worker processes racing one budget), and a customer at its limit gets no
+provider call. The hold's output part is a bound (max_output_tokens), its input part an estimate
+(characters / 4): a call whose provider counts more input tokens than that (non-Latin text, chat
+framing) settles above its hold, and the customer can end its month past the limit by that
+difference, summed over the calls in flight when the limit was reached. The classifier's calls
+are charged without a hold.
+
 Amounts are integers of nano-dollars (1e-9 USD) so that Redis adds them exactly (HINCRBY).
 """
 

@@ -46,7 +46,7 @@ from worker.budget import BudgetBook
 from worker.metrics import Metrics
 from worker.provider import Completion, CompletionRequest, ProviderError
 from worker.providers import ProviderPool
-from worker.settle import ERROR_MESSAGE_CHARS, SETTLED_TTL_S
+from worker.settle import ERROR_MESSAGE_CHARS, SETTLED_TTL_S, Settler
 
 log = structlog.get_logger("ladder.classifier")
 
@@ -152,6 +152,7 @@ class ClassifierRuntime:
         self.providers = providers
         self.prices = PriceBook(policies)
         self.budget = BudgetBook.for_policies(redis, keys, policies)
+        self.settler = Settler(redis, keys, policies, self.metrics)
         stages = embedding or {}
         self._strategies: dict[str, StrategyRouting] = {}
         for name in policies.strategy_names:
@@ -170,6 +171,9 @@ class ClassifierRuntime:
             log.warning("unknown strategy, routing by the default", strategy=strategy, default=default)
             return self._strategies[default]
         return known
+
+    async def give_up(self, task: TierTask, task_id: str, reason: str) -> str:
+        return "dead" if await self.settler.give_up(task_id, task, reason) else "already settled"
 
     async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
         if job_try > 1 and await self.redis.exists(self.keys.settled(task_id)):

@@ -49,8 +49,10 @@ class Heartbeats:
         now = time.time()
         for worker, since in self._watched:
             # arq's own beat (0.28, pinned): record_health stamps it from the poll loop only, at most
-            # every health_check_interval; `since` gives a worker that has not polled yet its grace.
-            last = max(worker._last_health_check, since)
+            # every health_check_interval, and only when Redis answers; a LadderWorker also stamps
+            # each poll, so a loop waiting out a Redis outage is alive. `since` gives a worker that
+            # has not polled yet its grace.
+            last = max(worker._last_health_check, getattr(worker, "polled_at", 0.0), since)
             if now - last > self._max_age:
                 return f"{worker.queue_name}: arq poll loop silent for {now - last:.0f}s"
         return None

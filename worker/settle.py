@@ -32,6 +32,7 @@ from ladder.messages import (
     task_score,
 )
 from ladder.queueing import add_shadow, add_to_queue
+from ladder.redact import redact
 from policies.config import Policies
 from policies.experiments import bucket
 from worker.metrics import Metrics
@@ -41,6 +42,7 @@ from worker.steps import Call
 SETTLED_TTL_S = 7 * 24 * 3600
 SHADOW_SALT = "shadow"
 ERROR_MESSAGE_CHARS = 300
+CRASHED = "crashed"  # the error class of a job given up after crashing Ladder's code or its worker
 
 
 def _path_entry(attempt: Attempt) -> str:
@@ -147,6 +149,41 @@ class Settler:
 
     async def already_settled(self, task_id: str) -> bool:
         return bool(await self._redis.exists(self._keys.settled(task_id)))
+
+    async def give_up(self, task_id: str, task: TierTask, reason: str) -> bool:
+        """A job that crashed Ladder's own code, or its worker, on every try: dead-lettered with the
+        reason in one transaction, like a settle, with one final outcome row of no cost (a crashed
+        run wrote none). False when an earlier run had settled it after all."""
+        if await self.already_settled(task_id):
+            return False
+        reason = redact(reason)  # an exception's message may quote a key or a URL's password
+        job, tier, now = task.job, task.route.tier, time.time()
+        outcome = Outcome(
+            event_id=f"{job.id}#gave-up@{tier}", job_id=job.id, **about_job(task),
+            route_source=task.route.source, intended_tier=task.first_tier, tier=tier, provider="", model="",
+            attempt=len(task.attempts) + 1, status=Status.DEAD, error_class=CRASHED,
+            error_message=reason[:ERROR_MESSAGE_CHARS], input_tokens=0, output_tokens=0, cost=Decimal(0),
+            counterfactual_cost=Decimal(0), latency_ms=0.0, started_at=now, finished_at=now, simulated=False,
+            final=True,
+        )  # fmt: skip
+        attempts = list(task.attempts)
+        record = job_record(
+            task, "dead", tier=tier, input_tokens=sum(a.input_tokens for a in attempts),
+            output_tokens=sum(a.output_tokens for a in attempts), cost=sum((a.cost for a in attempts), Decimal(0)),
+            path=[*(_path_entry(a) for a in attempts), f"{tier}:{CRASHED}"], reason=outcome.error_message,
+        )  # fmt: skip
+        letter = DeadLetter(job.id, task.batch, outcome.error_message, attempts, job)
+        counts = self._keys.batch_counts(task.batch)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(self._keys.outcomes, {"e": ENCODER.encode(outcome)})
+        pipe.set(self._keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
+        pipe.set(self._keys.job(job.id), ENCODER.encode(record), px=self._record_ttl_ms)
+        pipe.xadd(self._keys.deadletter, {"d": ENCODER.encode(letter)})
+        pipe.hincrby(counts, Status.DEAD.value, 1)
+        pipe.hincrby(counts, "final", 1)
+        await pipe.execute()
+        self._metrics.record_outcome(outcome)
+        return True
 
     async def settle(
         self,

@@ -153,6 +153,12 @@ class ShadowRuntime:
                  routing=score.routing.name, method=score.method, calls=len(calls.rows))  # fmt: skip
         return score.routing.name.lower()
 
+    async def give_up(self, shadow: ShadowTask, task_id: str, reason: str) -> str:
+        """A shadow comparison is a sample, not the customer's job: one that keeps crashing is dropped."""
+        await self.redis.set(self.keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
+        log.error("shadow comparison given up", job_id=shadow.task.job.id, reason=reason)
+        return "gave up"
+
     async def _judge(self, shadow: ShadowTask, answered: Completion, calls: ShadowCalls) -> Judgement:
         """Compare without a model where the answers have a checkable shape; else ask the judge. A
         reference that fails the tier workers' own checks (refused, empty, invalid JSON...) judges nothing."""

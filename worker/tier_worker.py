@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
 from arq import Worker
 from arq.connections import ArqRedis
 
@@ -33,6 +34,8 @@ from worker.providers import ProviderPool
 from worker.rate_limiter import RateLimiter, RateLimitStep
 from worker.settle import Settler
 from worker.steps import AnswerChecks, Call, Priced, Step, call_before, compose, logged, timed
+
+log = structlog.get_logger("ladder.worker")
 
 
 class TierRuntime:
@@ -63,7 +66,18 @@ class TierRuntime:
         self._handler = compose(steps, self._call_provider)
 
     async def _call_provider(self, call: Call) -> Completion:
-        return await self.providers.get(call.candidate.provider).complete(call.request)
+        try:
+            return await self.providers.get(call.candidate.provider).complete(call.request)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            # Each adapter maps its SDK's failures; one it missed would crash the job after the call
+            # was made, losing the call's row. Recorded as a failed call (class "error"), the job
+            # moves on; the log asks for the mapping to be fixed.
+            provider, kind = call.candidate.provider, type(exc).__name__
+            log.error("provider raised an unmapped exception", provider=provider, model=call.candidate.model,
+                      error_type=kind, error=str(exc)[:300])  # fmt: skip
+            raise ProviderError(f"{provider}: unmapped {kind}: {str(exc)[:200]}") from exc
 
     async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
         """Ask the tier's candidates in order until one answers, then settle. The one place that
@@ -86,19 +100,27 @@ class TierRuntime:
                 completion, error = await self._attempt(call, deadline)
                 if error is None or isinstance(error, (BadAnswer, BadRequest, TimedOut)):
                     # ContextTooLong is not among these: the next candidate, or tier, may have a larger window.
+                    if isinstance(error, TimedOut) and call.started_at:  # out of time in the call, not in a lane wait
+                        await self._cool_down(call.candidate)
                     return await self._settle(task_id, call, completion, error, earlier)
                 if isinstance(error, RateLimited) and retry < self.policies.faults.rate_limit_retries:
                     earlier.append(await self._record(call, Status.RETRIED, error))
                     continue
                 if isinstance(error, (Overloaded, Transient)):  # the model called (a budget downgrade may change it)
-                    await self.redis.set(
-                        self.keys.cooldown(_model(call.candidate)), b"1", ex=self.policies.faults.cooldown_s
-                    )
+                    await self._cool_down(call.candidate)
                 if i == len(candidates) - 1:
                     return await self._settle(task_id, call, None, error, earlier)
                 earlier.append(await self._record(call, Status.FAILOVER, error))
                 break
         raise AssertionError("unreachable: _healthy returns at least one candidate")
+
+    async def give_up(self, task: TierTask, task_id: str, reason: str) -> str:
+        return "dead" if await self.settler.give_up(task_id, task, reason) else "already settled"
+
+    async def _cool_down(self, candidate: Candidate) -> None:
+        """Every worker skips the model for faults.cooldown_s (while another candidate is healthy); 0: never."""
+        if self.policies.faults.cooldown_s > 0:  # Redis refuses a 0 s expiry: the job would crash
+            await self.redis.set(self.keys.cooldown(_model(candidate)), b"1", ex=self.policies.faults.cooldown_s)
 
     async def _healthy(self, candidates: Sequence[Candidate]) -> list[Candidate]:
         """Candidates not cooling down, in order; all of them when every one is (someone must try)."""
