@@ -127,6 +127,7 @@ async def cmd_sink(app: App, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish the batch in hand, ack it, then exit
         loop.add_signal_handler(sig, stop.set)
+    log.info("sink started", consumer=sink.consumer, batch_size=args.batch_size)
     stats = await sink.run(burst=args.burst, stop=stop)
     log.info(
         "sink stopped", inserted=stats.inserted, batches=stats.batches, malformed=stats.malformed,

@@ -146,7 +146,6 @@ class Sink:
         """Move events until stopped; with burst, until the stream has nothing new or pending.
         ClickHouse or Redis away: wait and start again (burst too), until they are back or `stop`."""
         stop = stop or asyncio.Event()
-        log.info("sink started", consumer=self.consumer, batch_size=self._batch_size)
         delay = RETRY_FIRST_S
         while not stop.is_set():
             try:
