@@ -1,4 +1,5 @@
-"""The secrets canary, a pytest plugin (tests/conftest.py loads it for the whole suite).
+"""The secrets canary: a pytest hook and an autouse fixture, which tests/conftest.py imports so that
+they serve the whole suite.
 
 Every key the tests hand to an SDK or a `ladder` process carries MARKER (tests/helpers.py FAKE_KEYS,
 tests/fake_provider.py DEFAULT_KEYS), and a test fails when MARKER shows up where a key must never go:

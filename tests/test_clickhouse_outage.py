@@ -48,7 +48,7 @@ from worker.sink import Sink
 
 KEYS = Keys("ladder")
 BOUND = 30
-SECRET = "pw-SECRET-0005"
+SECRET = "pw-LADDERCANARY-0005"  # under the canary (tests/canary.py)
 CALL_COST = Decimal("0.00002")  # the slow server's usage (10 in, 5 out) at slow-model's prices (1 and 2 per Mtok)
 
 
