@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ladder.app import App
+from ladder.app import App, open_app
 from ladder.messages import Rejection
+from ladder.settings import Settings
 from producer.submit import SubmitReport
 from worker.classifier_worker import classifier_worker
 from worker.shadow_worker import shadow_worker
@@ -34,3 +35,16 @@ async def process(app: App, path: Path, batch: str) -> tuple[SubmitReport, list[
     await drain_workers(app)
     await app.sink().run(burst=True)
     return report, rejected
+
+
+async def outcome_rows(settings: Settings, tmp_path: Path, *jobs: str) -> list[tuple[str, ...]]:
+    """Process job lines to the end in batch "faults"; each attempt's (job_id, tier, model, status,
+    error_class) from ClickHouse, in job and attempt order."""
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(jobs) + "\n")
+    async with open_app(settings) as app:
+        await process(app, path, "faults")
+        rows = app.clickhouse().query(
+            "SELECT job_id, tier, model, status, error_class FROM {db}.outcomes FINAL ORDER BY job_id, attempt"
+        )
+    return [tuple(r) for r in rows]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,3 +76,19 @@ def clickhouse_rows(env: dict[str, str], sql: str) -> list[list[Any]]:
     assert result.returncode == 0, result.stderr
     rows: list[list[Any]] = json.loads(result.stdout)
     return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """Status and body of GET http://127.0.0.1:port/path (a probe or /metrics), errors included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return int(answer.status), answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

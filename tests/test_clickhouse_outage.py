@@ -12,11 +12,8 @@ import asyncio
 import inspect
 import json
 import signal
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -36,7 +33,7 @@ from ladder.messages import ENCODER, Job
 from ladder.settings import Settings
 from policies.config import PolicyError, parse_policies
 from tests.helpers import THREE_TIERS
-from tests.processes import wait_for
+from tests.processes import free_port, http_get, wait_for
 from tests.slow_provider import SLOW_POLICIES, SlowServer
 from tests.test_shutdown import counts
 from tests.test_sink import outcome
@@ -325,23 +322,8 @@ async def test_an_error_that_waiting_cannot_cure_ends_the_sink_with_nothing_acke
 # --- real processes: ClickHouse down, the bound reached, ClickHouse back --------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return int(r.status), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def _gauge(port: int, name: str) -> float | None:
-    status, page = _get(port, "/metrics")
+    status, page = http_get(port, "/metrics")
     assert status == 200
     values = [s.value for f in text_string_to_metric_families(page) for s in f.samples if s.name == name]
     return values[0] if values else None
@@ -369,8 +351,8 @@ def test_workers_stop_claiming_at_the_bound_while_clickhouse_is_down_and_every_o
     total = 100
     asyncio.run(_enqueue(env, total))
     queue = KEYS.queue("cheap")
-    down_env = dict(env, CLICKHOUSE_URL=f"http://ladder:{SECRET}@127.0.0.1:{_free_port()}")
-    sink_port, worker_port = _free_port(), _free_port()
+    down_env = dict(env, CLICKHOUSE_URL=f"http://ladder:{SECRET}@127.0.0.1:{free_port()}")
+    sink_port, worker_port = free_port(), free_port()
     down = processes(down_env, tmp_path / "sink-down.log", "sink", "--metrics-port", str(sink_port))
     worker = processes(
         env, tmp_path / "worker.log", "worker", "--tier", "cheap", "--concurrency", "2",
@@ -392,7 +374,7 @@ def test_workers_stop_claiming_at_the_bound_while_clickhouse_is_down_and_every_o
     assert _gauge(sink_port, "ladder_outcome_stream_limit") == BOUND
     assert _gauge(sink_port, "ladder_outcome_stream_warn_length") == int(BOUND * 0.8)
     assert _gauge(sink_port, "ladder_sink_stream_length") == length
-    status, body = _get(sink_port, "/readyz")
+    status, body = http_get(sink_port, "/readyz")
     assert status == 503 and body.startswith("clickhouse: ") and SECRET not in body
     [claiming] = [json.loads(x) for x in worker.output().splitlines() if '"claiming no new jobs"' in x]  # said once
     assert "limits.outcome_stream_max = 30 events" in claiming["reason"] and claiming["level"] == "warning"

@@ -24,7 +24,7 @@ from policies.prices import PriceBook
 from tests.fake_provider import NOT_JSON_ANSWER, STORM_ERRORS, STORM_FAULTS, FakeProvider
 from tests.fake_provider import Call as FakeCall
 from tests.helpers import THREE_TIERS, ladder, line
-from tests.pipeline import process
+from tests.pipeline import outcome_rows, process
 from worker.anthropic_provider import AnthropicProvider
 from worker.clickhouse import ClickHouse
 from worker.gemini_provider import GeminiProvider
@@ -282,28 +282,17 @@ def short_budget(settings_env: dict[str, str], tmp_path: Path, clickhouse: Click
     return Settings.from_env(str(path), env)
 
 
-async def _run(settings: Settings, tmp_path: Path, *jobs: str) -> list[tuple[str, ...]]:
-    path = tmp_path / "jobs.jsonl"
-    path.write_text("\n".join(jobs) + "\n")
-    async with open_app(settings) as app:
-        await process(app, path, "faults")
-        rows = app.clickhouse().query(
-            "SELECT job_id, tier, model, status, error_class FROM {db}.outcomes FINAL ORDER BY job_id, attempt"
-        )
-    return [tuple(r) for r in rows]
-
-
 async def test_a_model_that_timed_out_cools_down_like_one_that_failed(
     short_budget: Settings, fake: FakeProvider, tmp_path: Path
 ) -> None:
     fake.storm(seed=1, error_rate=1.0, malformed_rate=0, models=["gpt-4o-mini"], faults=["held"])
-    rows = await _run(short_budget, tmp_path, line(id="a", prompt="first"))
+    rows = await outcome_rows(short_budget, tmp_path, line(id="a", prompt="first"))
     assert rows == [
         ("a", "cheap", "gpt-4o-mini", "escalated", "timeout"),
         ("a", "standard", "gemini-2.0-flash", "ok", ""),
     ]
     # The next job, in any worker, skips the slow model while it cools down.
-    rows = await _run(short_budget, tmp_path, line(id="b", prompt="second"))
+    rows = await outcome_rows(short_budget, tmp_path, line(id="b", prompt="second"))
     assert [r for r in rows if r[0] == "b"] == [("b", "cheap", "gemini-2.0-flash", "ok", "")]
     assert [c.model for c in fake.calls()].count("gpt-4o-mini") == 1
 
@@ -315,6 +304,6 @@ async def test_an_exception_an_adapter_did_not_map_fails_the_call_not_the_job(
         raise KeyError("choices")  # an SDK change or an adapter bug, after the call was made
 
     monkeypatch.setattr(OpenAIProvider, "complete", broken)
-    rows = await _run(short_budget, tmp_path, line(id="a", prompt="hello"))
+    rows = await outcome_rows(short_budget, tmp_path, line(id="a", prompt="hello"))
     # The call has its row, with the class a person can look for; the job fails over as for any failure.
     assert rows == [("a", "cheap", "gpt-4o-mini", "failover", "error"), ("a", "cheap", "gemini-2.0-flash", "ok", "")]

@@ -6,12 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -30,6 +27,7 @@ from producer.submit import Producer
 from tests.fake_provider import FakeProvider
 from tests.helpers import FAKE_KEYS, THREE_TIERS, line
 from tests.pipeline import process
+from tests.processes import free_port, http_get
 from worker.clickhouse import ClickHouse
 from worker.health import Heartbeats, ProbeServer, reason
 from worker.metrics import DeadLetters, QueueDepth, SinkLag
@@ -220,25 +218,10 @@ async def test_healthz_fails_when_a_watched_worker_stops_polling(settings: Setti
 # --- real processes over HTTP ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return int(r.status), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 @contextlib.contextmanager
 def _serving(env: dict[str, str], log: Path, *args: str) -> Iterator[int]:
     """A `ladder` process with --metrics-port, once it answers; stopped with SIGTERM afterwards."""
-    port = _free_port()
+    port = free_port()
     with log.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ladder.cli", *args, "--metrics-port", str(port)], env=env, stdout=err, stderr=err
@@ -249,7 +232,7 @@ def _serving(env: dict[str, str], log: Path, *args: str) -> Iterator[int]:
                 assert proc.poll() is None, f"ladder {args} exited {proc.returncode}:\n{log.read_text()}"
                 assert time.monotonic() < deadline, f"ladder {args} never served:\n{log.read_text()}"
                 with contextlib.suppress(OSError):
-                    _get(port, "/healthz")
+                    http_get(port, "/healthz")
                     break
                 time.sleep(0.2)
             yield port
@@ -271,7 +254,7 @@ async def test_exporter_serves_queue_gauges_and_probes(
 ) -> None:
     await _enqueue(arq_redis, policies, keys, "cheap", 3, "c")
     with _serving(cli_env, tmp_path / "exporter.log", "exporter") as port:
-        status, page = await asyncio.to_thread(_get, port, "/metrics")
+        status, page = await asyncio.to_thread(http_get, port, "/metrics")
         assert status == 200
         samples = _samples(page)
         assert _value(samples, "ladder_queue_ready_jobs", queue="cheap") == 3
@@ -280,21 +263,21 @@ async def test_exporter_serves_queue_gauges_and_probes(
                 assert _value(samples, gauge, queue=queue) is not None, (gauge, queue)
         assert _value(samples, "ladder_sink_stream_length") == 0
         assert _value(samples, "ladder_dead_letters") == 0
-        assert await asyncio.to_thread(_get, port, "/readyz") == (200, "ok\n")
-        assert await asyncio.to_thread(_get, port, "/healthz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, port, "/readyz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, port, "/healthz") == (200, "ok\n")
         _no_secret(page)
     assert "ladder:queue:cheap" not in page  # labels are queue names, not Redis keys
 
 
 def test_exporter_is_alive_but_not_ready_while_redis_is_away(cli_env: dict[str, str], tmp_path: Path) -> None:
-    dead = f"redis://:pw-LADDERCANARY-0004@127.0.0.1:{_free_port()}/0"  # the canary watches it too
+    dead = f"redis://:pw-LADDERCANARY-0004@127.0.0.1:{free_port()}/0"  # the canary watches it too
     with _serving(dict(cli_env, REDIS_URL=dead), tmp_path / "exporter.log", "exporter") as port:
-        status, body = _get(port, "/readyz")
+        status, body = http_get(port, "/readyz")
         assert status == 503
         assert body.startswith("redis: ") and body.count("\n") == 1
         assert "pw-LADDERCANARY" not in body
-        assert _get(port, "/healthz") == (200, "ok\n")
-        status, page = _get(port, "/metrics")
+        assert http_get(port, "/healthz") == (200, "ok\n")
+        status, page = http_get(port, "/metrics")
         assert status == 200
         assert not any(name.startswith("ladder_queue") for name, _ in _samples(page))
         _no_secret(page)
@@ -307,26 +290,26 @@ async def test_worker_and_sink_processes_serve_their_counters_and_probes(
 ) -> None:
     await _enqueue(arq_redis, policies, keys, "cheap", 2, "c")
     with _serving(cli_env, tmp_path / "worker.log", "worker", "--tier", "cheap") as worker_port:
-        assert await asyncio.to_thread(_get, worker_port, "/healthz") == (200, "ok\n")
-        assert await asyncio.to_thread(_get, worker_port, "/readyz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, worker_port, "/healthz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, worker_port, "/readyz") == (200, "ok\n")
         ok = {"tier": "cheap", "provider": "openai", "model": "gpt-4o-mini", "status": "ok", "error_class": "",
               "route": "hint"}  # fmt: skip
         deadline = time.monotonic() + 60
-        while _value(_samples((await asyncio.to_thread(_get, worker_port, "/metrics"))[1]), "ladder_calls_total",
+        while _value(_samples((await asyncio.to_thread(http_get, worker_port, "/metrics"))[1]), "ladder_calls_total",
                      **ok) != 2:  # fmt: skip
             assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
             await asyncio.sleep(0.2)
-        worker_page = (await asyncio.to_thread(_get, worker_port, "/metrics"))[1]
+        worker_page = (await asyncio.to_thread(http_get, worker_port, "/metrics"))[1]
     assert not any(name.startswith(("ladder_queue", "ladder_sink")) for name, _ in _samples(worker_page))
     _no_secret(worker_page)
 
     with _serving(cli_env, tmp_path / "sink.log", "sink") as sink_port:
-        assert await asyncio.to_thread(_get, sink_port, "/readyz") == (200, "ok\n")  # Redis and ClickHouse
+        assert await asyncio.to_thread(http_get, sink_port, "/readyz") == (200, "ok\n")  # Redis and ClickHouse
         deadline = time.monotonic() + 60
-        while _value(_samples((await asyncio.to_thread(_get, sink_port, "/metrics"))[1]),
+        while _value(_samples((await asyncio.to_thread(http_get, sink_port, "/metrics"))[1]),
                      "ladder_sink_inserted_total") != 2:  # fmt: skip
             assert time.monotonic() < deadline, (tmp_path / "sink.log").read_text()
             await asyncio.sleep(0.2)
-        sink_page = (await asyncio.to_thread(_get, sink_port, "/metrics"))[1]
+        sink_page = (await asyncio.to_thread(http_get, sink_port, "/metrics"))[1]
     assert _value(_samples(sink_page), "ladder_sink_stream_length") == 0
     _no_secret(sink_page)

@@ -26,12 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,7 +45,7 @@ from ladder.settings import Settings
 from policies.customers import Customer
 from producer.submit import SubmitReport
 from tests.helpers import ladder
-from tests.processes import Process, clickhouse_rows, wait_for
+from tests.processes import Process, clickhouse_rows, free_port, http_get, wait_for
 from tests.slow_provider import SLOW_POLICIES
 from worker.budget import BudgetBook, BudgetRow
 
@@ -60,13 +57,6 @@ NO_PERSISTENCE = ("--appendonly", "no")
 SHORT_TIMEOUTS = "\n[limits]\njob_timeout_s = 3\nsettle_margin_s = 1\n\n[faults]\ncrash_retry_delay_s = 0.2\n"
 WORKER = ("worker", "--tier", "cheap", "--concurrency")  # then how many jobs at once
 REDIS_LOST = "redis lost during the job"  # worker/arq_worker.py's warning for a job whose Redis write failed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class RedisServer:
@@ -244,14 +234,6 @@ def rows_per_job(env: dict[str, str]) -> dict[str, tuple[int, int]]:
     return {r[0]: (int(r[1]), int(r[2])) for r in clickhouse_rows(env, sql)}
 
 
-def probe(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return int(answer.status), answer.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def assert_alive(*procs: Process) -> None:
     for p in procs:
         assert p.proc.poll() is None, f"{p.log.name} exited {p.proc.returncode}:\n{p.output()[-4000:]}"
@@ -321,12 +303,12 @@ def test_with_aof_worker_and_sink_ride_out_a_restart_and_a_kill_and_every_job_en
     provider.gate.set()
     wait_for(lambda: worker.output().count(REDIS_LOST) == 4, 30, "the four settles to fail")
     for port in (worker_port, sink_port):  # not ready while Redis is away; alive, so not restarted
-        status, body = probe(port, "/readyz")
+        status, body = http_get(port, "/readyz")
         assert status == 503 and body.startswith("redis: ConnectionError"), body
-        assert probe(port, "/healthz") == (200, "ok\n")
+        assert http_get(port, "/healthz") == (200, "ok\n")
     server.start()
     for port in (worker_port, sink_port):
-        wait_for(lambda p=port: probe(p, "/readyz")[0] == 200, 30, "ready again")  # type: ignore[misc]
+        wait_for(lambda p=port: http_get(p, "/readyz")[0] == 200, 30, "ready again")  # type: ignore[misc]
     wait_for(lambda: counts(db, "killed")["final"] == 8 and drained(db), 60, "every job settled and sunk")
 
     assert_alive(worker, sink)
