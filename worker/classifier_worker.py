@@ -254,7 +254,7 @@ class ClassifierRuntime:
         )
         call = ModelCall(time.time(), None, None)
         try:
-            call.completion = await self.providers.get(routing.candidate.provider).complete(request)
+            call.completion = await self.providers.complete(routing.candidate.provider, request)
         except ProviderError as e:
             call.error = e
         return call

@@ -9,9 +9,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+import structlog
+
 from policies.config import Policies, ProviderConfig
-from worker.provider import Provider
+from worker.provider import Completion, CompletionRequest, Provider, ProviderError
 from worker.simulated_provider import SimulatedProvider
+
+log = structlog.get_logger("ladder.worker")
 
 DEFAULT_KEY_ENV = {
     "anthropic": ("ANTHROPIC_API_KEY",),
@@ -91,6 +95,20 @@ class ProviderPool:
 
     def get(self, name: str) -> Provider:
         return self._providers[name]
+
+    async def complete(self, name: str, request: CompletionRequest) -> Completion:
+        """The named provider's answer. Each adapter maps its SDK's failures; one it missed (an SDK
+        change) would crash the job after the call was made, losing the call's row. It becomes a
+        failed call (class "error"), so the job moves on, and the log asks for the mapping."""
+        try:
+            return await self._providers[name].complete(request)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            kind = type(exc).__name__
+            log.error("provider raised an unmapped exception", provider=name, model=request.model,
+                      error_type=kind, error=str(exc)[:300])  # fmt: skip
+            raise ProviderError(f"{name}: unmapped {kind}: {str(exc)[:200]}") from exc
 
     def is_simulated(self, name: str) -> bool:
         return name in self.simulated

@@ -128,7 +128,7 @@ class ShadowRuntime:
         self._handler = compose([logged, Priced(PriceBook(policies)), limits, timed], self._call_provider)
 
     async def _call_provider(self, call: Call) -> Completion:
-        return await self.providers.get(call.candidate.provider).complete(call.request)
+        return await self.providers.complete(call.candidate.provider, call.request)
 
     async def run(self, shadow: ShadowTask, task_id: str, job_try: int = 1) -> str:
         """Ask the shadow tier the job, judge the lower tier's answer against it, and record both."""

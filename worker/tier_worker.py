@@ -6,7 +6,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import structlog
 from arq import Worker
 from arq.connections import ArqRedis
 
@@ -34,8 +33,6 @@ from worker.providers import ProviderPool
 from worker.rate_limiter import RateLimiter, RateLimitStep
 from worker.settle import Settler
 from worker.steps import AnswerChecks, Call, Priced, Step, call_before, compose, logged, timed
-
-log = structlog.get_logger("ladder.worker")
 
 
 class TierRuntime:
@@ -66,18 +63,7 @@ class TierRuntime:
         self._handler = compose(steps, self._call_provider)
 
     async def _call_provider(self, call: Call) -> Completion:
-        try:
-            return await self.providers.get(call.candidate.provider).complete(call.request)
-        except ProviderError:
-            raise
-        except Exception as exc:
-            # Each adapter maps its SDK's failures; one it missed would crash the job after the call
-            # was made, losing the call's row. Recorded as a failed call (class "error"), the job
-            # moves on; the log asks for the mapping to be fixed.
-            provider, kind = call.candidate.provider, type(exc).__name__
-            log.error("provider raised an unmapped exception", provider=provider, model=call.candidate.model,
-                      error_type=kind, error=str(exc)[:300])  # fmt: skip
-            raise ProviderError(f"{provider}: unmapped {kind}: {str(exc)[:200]}") from exc
+        return await self.providers.complete(call.candidate.provider, call.request)
 
     async def run(self, task: TierTask, task_id: str, job_try: int = 1) -> str:
         """Ask the tier's candidates in order until one answers, then settle. The one place that
