@@ -11,13 +11,15 @@ import structlog
 from arq.connections import ArqRedis, create_pool
 
 from ladder.keys import Keys
-from ladder.messages import Score
+from ladder.messages import Lane, Score
 from ladder.queueing import deserialize_arq, serialize_arq
 from ladder.settings import EmbeddedRedis, Settings, redacted_url, redis_settings
 from policies.embedding import Embedder
 from producer.feedback import give_feedback
 from producer.submit import Producer
 from worker.backlog import OutcomeBacklog
+from worker.batch_apis import batch_apis
+from worker.batch_lane import BatchLane
 from worker.budget import BudgetBook
 from worker.classifier_worker import ClassifierRuntime, EmbeddingStage, classifier_worker
 from worker.clickhouse import ClickHouse
@@ -48,8 +50,8 @@ class App:
     heartbeats: Heartbeats = field(default_factory=Heartbeats)  # the arq Workers /healthz watches
     _backlog: OutcomeBacklog | None = field(default=None)
 
-    def producer(self) -> Producer:
-        return Producer(self.redis, self.settings.policies, self.keys)
+    def producer(self, lane: Lane | None = None) -> Producer:
+        return Producer(self.redis, self.settings.policies, self.keys, lane)
 
     async def feedback(self, job_id: str, score: float, correction: str = "") -> Score:
         """A score from 0 to 1 on a finished job; raises FeedbackError naming what is wrong."""
@@ -67,6 +69,13 @@ class App:
         if self._clickhouse is None:
             self._clickhouse = ClickHouse.from_settings(self.settings)
         return self._clickhouse
+
+    def batch_lane(self) -> BatchLane:
+        """The batch lane's submitter and poller (worker/batch_lane.py), with this process's batch APIs."""
+        apis = batch_apis(self.settings.policies, self.providers(), self.settings.env)
+        self._closers.extend(api.aclose for api in apis.values())
+        simulated = self.providers().simulated
+        return BatchLane(self.settings.policies, self.redis, self.keys, apis, simulated, metrics=self.metrics)
 
     def tier_runtime(self) -> TierRuntime:
         return TierRuntime(self.settings.policies, self.redis, self.keys, self.providers(), metrics=self.metrics)

@@ -25,6 +25,7 @@ from rich.progress import (
 )
 
 from ladder.app import App, open_app
+from ladder.batches_cmd import add_batches_parser, run_batches
 from ladder.calibrate_cmd import add_calibrate_parser, run_calibrate
 from ladder.customers_cmd import add_customers_parser, run_budgets, run_customers
 from ladder.estimate_cmd import add_estimate_parser, run_estimate
@@ -32,6 +33,7 @@ from ladder.eval_cmd import add_eval_parser, run_eval
 from ladder.exporter_cmd import add_exporter_parser, add_metrics_port, probes_served, run_exporter
 from ladder.feedback_cmd import add_feedback_parser, run_feedback
 from ladder.logs import configure_logging
+from ladder.messages import Lane
 from ladder.output import FORMATS, render
 from ladder.rejects import RejectsFile
 from ladder.report import Filters, ReportError, Reports
@@ -59,12 +61,14 @@ def _progress(console: Console, *columns: Any) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), *columns, TimeElapsedColumn(), console=console)
 
 
-async def _enqueue_file(app: App, path: Path, batch: str, rejects_path: Path, quiet: bool) -> SubmitReport:
+async def _enqueue_file(
+    app: App, path: Path, batch: str, rejects_path: Path, quiet: bool, lane: Lane | None
+) -> SubmitReport:
     if not path.is_file():  # before the rejects file is opened beside it, which would name the wrong file
         raise FileNotFoundError(f"{path}: no such file")
     with RejectsFile(rejects_path, err, show=not quiet) as rejects, _progress(err, DownloadColumn()) as bar:
         task = bar.add_task(f"enqueue {path.name}", total=path.stat().st_size)
-        report = await app.producer().submit_file(
+        report = await app.producer(lane).submit_file(
             path, batch, rejects.add, lambda done: bar.update(task, completed=done)
         )
         bar.update(task, completed=path.stat().st_size)
@@ -87,9 +91,19 @@ def _print_submit(report: SubmitReport, fmt: str, rejects_path: Path) -> None:
 async def cmd_enqueue(app: App, args: argparse.Namespace) -> int:
     path = Path(args.file)
     rejects = Path(args.rejects or f"{path}.rejects.jsonl")
-    report = await _enqueue_file(app, path, args.batch, rejects, args.format != "table")
+    report = await _enqueue_file(app, path, args.batch, rejects, args.format != "table", _lane(app, args))
     _print_submit(report, args.format, rejects)
     return 0
+
+
+def _lane(app: App, args: argparse.Namespace) -> Lane | None:
+    """The lane asked for with --lane (None: chosen per job)."""
+    if args.lane is None:
+        return None
+    lane = Lane(args.lane)
+    if lane is Lane.BATCH and not app.settings.policies.batch.enabled:
+        raise PolicyError("--lane batch: the batch lane is off in the policies ([batch] enabled = false)")
+    return lane
 
 
 async def cmd_worker(app: App, args: argparse.Namespace) -> int:
@@ -168,7 +182,7 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
     batch = args.batch or path.stem
     rejects = Path(args.rejects or f"{path}.rejects.jsonl")
     started = time.perf_counter()
-    report = await _enqueue_file(app, path, batch, rejects, args.format != "table")
+    report = await _enqueue_file(app, path, batch, rejects, args.format != "table", _lane(app, args))
     if args.format == "table":
         _print_submit(report, "table", rejects)
     sink = app.sink()
@@ -177,10 +191,14 @@ async def cmd_run(app: App, args: argparse.Namespace) -> int:
     done = asyncio.Event()
     tiers = app.settings.policies.tier_names
     workers = asyncio.create_task(app.workers_until(done, tiers, classifier=True))
+    # The batch lane submits what waits at once: this run ends when its jobs do (hours, for a real
+    # provider's batch). With simulated providers a batch ends as it is submitted.
+    lane = asyncio.create_task(app.batch_lane().run(done, eager=True, tick_s=0.2))
     counts = await _wait_settled(app, batch)
     await _wait_shadow_drained(app)
     done.set()
     await workers
+    await lane
     stop_sink.set()
     await sink_task
     await sink.run(burst=True)  # whatever the workers streamed last
@@ -234,10 +252,18 @@ def _parser() -> argparse.ArgumentParser:
     def fmt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--format", choices=FORMATS, default="table")
 
+    def lane_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--lane", choices=[lane.value for lane in Lane],
+            help="every job on this lane: sync, or batch (provider batch APIs, about half the price, answered "
+            "within 24 h); default: batch for jobs whose deadline is at least batch.min_deadline_s away",
+        )  # fmt: skip
+
     e = sub.add_parser("enqueue", help="stream a JSONL file of jobs into the queues")
     e.add_argument("file")
     e.add_argument("--batch", required=True)
     e.add_argument("--rejects", help="where bad lines go (default: FILE.rejects.jsonl)")
+    lane_option(e)
     fmt(e)
     w = sub.add_parser("worker", help="run a tier worker, the classifier worker or the shadow worker")
     g = w.add_mutually_exclusive_group(required=True)
@@ -270,6 +296,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--batch", help="batch name (default: the file's stem)")
     r.add_argument("--rejects")
+    lane_option(r)
     fmt(r)
     res = sub.add_parser("results", help="write one JSON line per job of a batch")
     res.add_argument("--batch", required=True)
@@ -282,6 +309,7 @@ def _parser() -> argparse.ArgumentParser:
     add_customers_parser(sub)
     add_feedback_parser(sub)
     add_strategy_parser(sub)
+    add_batches_parser(sub)
     return p
 
 
@@ -303,11 +331,12 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], Coroutine[Any, Any, int]
     "customers": run_customers,
     "budgets": run_budgets,
     "feedback": run_feedback,
+    "batches": run_batches,
 }
 
 
 async def _main(settings: Settings, args: argparse.Namespace) -> int:
-    long_running = args.command in ("worker", "sink") and not getattr(args, "burst", False)
+    long_running = args.command in ("worker", "sink", "batches") and not getattr(args, "burst", False)
     async with open_app(settings, wait_for_redis=long_running) as app, probes_served(app, args):
         return await COMMANDS[args.command](app, args)
 

@@ -37,6 +37,33 @@ class Keys:
     def batch_counts(self, batch: str) -> str:
         return f"{self.prefix}:batch:{batch}:counts"
 
+    def lane_pending(self, tier: str) -> str:
+        """List: encoded TierTasks of the batch lane waiting to be submitted in a batch of the tier's model."""
+        return f"{self.prefix}:lane:pending:{tier}"
+
+    def lane_batch(self, draft: str) -> str:
+        """Hash: a batch-lane batch's record (worker/batch_store.py), from its draft on."""
+        return f"{self.prefix}:lane:batch:{draft}"
+
+    def lane_batch_tasks(self, draft: str) -> str:
+        """Hash: request index -> encoded TierTask of a batch-lane batch; an index is removed as it settles."""
+        return f"{self.prefix}:lane:batch:{draft}:tasks"
+
+    @property
+    def lane_open(self) -> str:
+        """Sorted set: draft ids of batches not yet done, by draft time."""
+        return f"{self.prefix}:lane:open"
+
+    @property
+    def lane_provider_ids(self) -> str:
+        """Hash: provider batch id -> draft id of every batch recorded (a recovery adopts none twice)."""
+        return f"{self.prefix}:lane:provider-ids"
+
+    @property
+    def lane_leader(self) -> str:
+        """The lease of the one `ladder batches run` process that submits and polls."""
+        return f"{self.prefix}:lane:leader"
+
     @property
     def budget_limits(self) -> str:
         """Hash: customer -> "NANO_USD AT_LIMIT" ("-" for no limit), from the customers file."""

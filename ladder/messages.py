@@ -7,6 +7,7 @@ their order and type, so producers and workers of different versions can share t
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -37,6 +38,15 @@ class Status(enum.StrEnum):
     FAILOVER = "failover"  # this candidate failed; the next candidate of the same tier is asked
 
 
+class Lane(enum.StrEnum):
+    """How a job's calls are made: one at a time as workers take it (sync), or collected into a
+    provider's batch API at about half the price, answered within the provider's window (batch).
+    Not the rate limiter's lanes, which are a model's limits on one account."""
+
+    SYNC = "sync"
+    BATCH = "batch"
+
+
 class Message(msgspec.Struct, frozen=True):
     role: str  # "system" | "user" | "assistant"
     content: str
@@ -55,6 +65,9 @@ class Job(msgspec.Struct, frozen=True):
     json_schema: dict[str, Any] | None = None
     metadata: dict[str, str] = {}
     tier_hint: str | None = None
+    # When the answer is needed by (with a timezone); far enough away (batch.min_deadline_s), the
+    # job goes through the batch lane.
+    deadline: datetime | None = None
 
     def conversation(self) -> list[Message]:
         """The job as chat messages, whichever of prompt or messages it was given with."""
@@ -97,6 +110,7 @@ class TierTask(msgspec.Struct, frozen=True):
     strategy: str = "rules-v1"
     experiment: str = ""  # the experiment that chose the strategy, if any
     arm: str = ""
+    lane: Lane = Lane.SYNC
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -130,6 +144,10 @@ class Outcome(msgspec.Struct, frozen=True):
     middle_tier_cost: Decimal = Decimal(0)  # the same tokens on the middle tier's first model
     experiment: str = ""
     arm: str = ""
+    lane: Lane = Lane.SYNC
+    # The same tokens on the same model at its synchronous price: equal to cost on the sync lane;
+    # on the batch lane, sync_cost - cost is what the batch discount saved.
+    sync_cost: Decimal = Decimal(0)
 
 
 class JobRecord(msgspec.Struct, frozen=True):
@@ -244,6 +262,25 @@ class ShadowTask(msgspec.Struct, frozen=True):
     answer: str
 
 
+class LaneBatch(msgspec.Struct, frozen=True):
+    """A batch of the batch lane as Redis keeps it (worker/batch_store.py), from its draft (jobs taken
+    off the tier's pending list, before the provider is asked) to done (every request settled)."""
+
+    draft: str  # Ladder's id; each request's custom id is "<draft>-<index>"
+    tier: str
+    provider: str
+    model: str
+    state: str  # "drafted" | "submitted" | "done"
+    drafted_at: float  # unix seconds
+    size: int = 0  # requests sent (jobs over budget at submission went to the sync lane instead)
+    provider_batch_id: str = ""
+    submitted_at: float = 0.0
+    canceled_at: float = 0.0  # when Ladder asked the provider to cancel it (batch.cancel_after_s)
+    ended_at: float = 0.0
+    answered: int = 0  # settled from an answer (ok, escalated or dead)
+    fell_back: int = 0  # sent to the sync lane: expired, canceled or errored by the provider
+
+
 class Rejection(msgspec.Struct, frozen=True):
     """A bad input line, as written to the rejects file."""
 
@@ -257,4 +294,5 @@ OUTCOME_DECODER = msgspec.msgpack.Decoder(Outcome)
 JOB_RECORD_DECODER = msgspec.msgpack.Decoder(JobRecord)
 SCORE_DECODER = msgspec.msgpack.Decoder(Score)
 SHADOW_TASK_DECODER = msgspec.msgpack.Decoder(ShadowTask)
+LANE_BATCH_DECODER = msgspec.msgpack.Decoder(LaneBatch)
 ENCODER = msgspec.msgpack.Encoder()

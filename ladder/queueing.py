@@ -17,7 +17,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from ladder.keys import ARQ_JOB_PREFIX, Keys
-from ladder.messages import ENCODER, ShadowTask, TierTask, job_record
+from ladder.messages import ENCODER, Lane, ShadowTask, TierTask, job_record
 from policies.config import CLASSIFY_QUEUE, SHADOW_QUEUE
 
 TIER_FUNCTION = "tier_task"
@@ -50,9 +50,11 @@ def arq_payload(task: TierTask, now_ms: int) -> bytes:
 
 # One blob per chunk instead of nine arguments per job: redis-py's per-argument packing was the
 # bulk of enqueue time. Each job in the blob is four length-prefixed fields: job id, queue name,
-# task id, record, arq payload. Queue writes and counters are grouped per chunk.
+# task id, record, arq payload, lane. A batch-lane job's payload is its encoded task, pushed on its tier's
+# pending list for the batch submitter instead of an arq queue. Queue writes and counters are grouped per chunk.
 # KEYS: batch ids list, batch counts hash.
-# ARGV: record ttl ms, arq ttl ms, score, job key prefix, blob, queue key prefix, arq job key prefix.
+# ARGV: record ttl ms, arq ttl ms, score, job key prefix, blob, queue key prefix, arq job key prefix,
+#       pending list key prefix.
 _ENQUEUE_NEW = """
 local blob, pos = ARGV[5], 1
 local function take()
@@ -60,21 +62,27 @@ local function take()
   pos = after + n
   return string.sub(blob, after, pos - 1)
 end
-local flags, ids, queued, routed = {}, {}, {}, {}
+local flags, ids, queued, pending, routed = {}, {}, {}, {}, {}
 local accepted, duplicates = 0, 0
 while pos <= #blob do
-  local job_id, queue, tid, record, payload = take(), take(), take(), take(), take()
+  local job_id, queue, tid, record, payload, lane = take(), take(), take(), take(), take(), take()
   local rk = ARGV[4] .. job_id
   if redis.call('EXISTS', rk) == 1 then
     duplicates = duplicates + 1
     flags[#flags + 1] = '0'
   else
     redis.call('SET', rk, record, 'PX', ARGV[1])
-    redis.call('SET', ARGV[7] .. tid, payload, 'PX', ARGV[2])
-    queued[queue] = queued[queue] or {}
-    table.insert(queued[queue], ARGV[3])
-    table.insert(queued[queue], tid)
-    routed[queue] = (routed[queue] or 0) + 1
+    if lane == 'batch' then
+      pending[queue] = pending[queue] or {}
+      table.insert(pending[queue], payload)
+      routed['batch:' .. queue] = (routed['batch:' .. queue] or 0) + 1
+    else
+      redis.call('SET', ARGV[7] .. tid, payload, 'PX', ARGV[2])
+      queued[queue] = queued[queue] or {}
+      table.insert(queued[queue], ARGV[3])
+      table.insert(queued[queue], tid)
+      routed[queue] = (routed[queue] or 0) + 1
+    end
     ids[#ids + 1] = job_id
     accepted = accepted + 1
     flags[#flags + 1] = '1'
@@ -82,7 +90,12 @@ while pos <= #blob do
 end
 for queue, members in pairs(queued) do
   redis.call('ZADD', ARGV[6] .. queue, unpack(members))
-  redis.call('HINCRBY', KEYS[2], 'routed:' .. queue, routed[queue])
+end
+for queue, items in pairs(pending) do
+  redis.call('RPUSH', ARGV[8] .. queue, unpack(items))
+end
+for queue, n in pairs(routed) do
+  redis.call('HINCRBY', KEYS[2], 'routed:' .. queue, n)
 end
 if accepted > 0 then
   redis.call('RPUSH', KEYS[1], unpack(ids))
@@ -117,12 +130,14 @@ class Enqueuer:
         parts: list[bytes] = []
         for task in tasks:
             record = job_record(task, "queued")
+            batched = to_batch_lane(task)
             parts += [
                 _field(task.job.id.encode()),
                 _field(task.route.tier.encode()),
                 _field(task_id(task).encode()),
                 _field(ENCODER.encode(record)),
-                _field(arq_payload(task, now_ms)),
+                _field(ENCODER.encode(task) if batched else arq_payload(task, now_ms)),
+                _field(task.lane.value.encode() if batched else b"sync"),
             ]
         keys = [self.keys.batch_ids(batch), self.keys.batch_counts(batch)]
         blob = b"".join(parts)
@@ -134,13 +149,24 @@ class Enqueuer:
             blob,
             self.keys.queue(""),
             ARQ_JOB_PREFIX,
+            self.keys.lane_pending(""),
         ]
         flags: bytes = await self._script(keys=keys, args=args)
         return [f == ord("1") for f in flags]
 
 
+def to_batch_lane(task: TierTask) -> bool:
+    """Whether the task waits for the batch submitter: a batch-lane job routed to a tier (one the
+    rules left undecided is classified first, on the classify queue)."""
+    return task.lane is Lane.BATCH and task.route.tier != CLASSIFY_QUEUE
+
+
 def add_to_queue(pipe: Any, keys: Keys, task: TierTask) -> None:
-    """Queue an already-known job (escalation, classification) inside the caller's transaction."""
+    """Queue an already-known job (escalation, classification, a batch's leftovers) inside the
+    caller's transaction: on its tier's arq queue, or its tier's batch-lane pending list."""
+    if to_batch_lane(task):
+        pipe.rpush(keys.lane_pending(task.route.tier), ENCODER.encode(task))
+        return
     now_ms = int(time.time() * 1000)
     tid = task_id(task)
     pipe.set(ARQ_JOB_PREFIX + tid, arq_payload(task, now_ms), px=ARQ_JOB_TTL_MS)

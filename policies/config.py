@@ -179,6 +179,30 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     outcome_stream_warn_share: float = 0.8
 
 
+class BatchLane(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The batch lane (worker/batch_lane.py): jobs that can wait are collected per tier into a
+    provider's batch API (Anthropic Message Batches, OpenAI Batch), answered within the provider's
+    24 h window at about half the price."""
+
+    enabled: bool = True
+    # A job whose deadline is at least this far away goes through the batch lane: the provider's 24 h
+    # window, then 2 h for the sync lane to answer what the batch did not.
+    min_deadline_s: int = 26 * 3600
+    max_wait_s: float = 300.0  # a tier's waiting jobs are submitted once the first has waited this long
+    max_requests: int = 10_000  # per provider batch (the provider's own limit applies too)
+    max_bytes: int = 100 * 1024 * 1024
+    poll_interval_s: float = 60.0  # how often each open batch is asked whether it has ended
+    # Past this long after submission an open batch is canceled (what it answered is kept; the rest
+    # goes to the sync lane). Above the providers' own 24 h window, which normally ends it first.
+    cancel_after_s: int = 25 * 3600
+    # Share taken off the synchronous price (0.5: half price), by model. Where a model is not named
+    # here, genai-prices' batch price is used; a batch model with neither stops start-up.
+    discounts: dict[str, Decimal] = {}
+    # Where a job whose batch answer failed the checks goes next: the next tier's sync queue, or the
+    # next tier's batch. Expired, canceled and errored requests go to their own tier's sync queue.
+    escalate_to: Literal["sync", "batch"] = "sync"
+
+
 class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Monthly spend limits per customer (UTC calendar months), enforced at dispatch across all
     workers. A customer's own budget and choice come from the customers file (policies/customers.py);
@@ -241,6 +265,7 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shadow: Shadow = Shadow()
     drift: DriftPolicy = DriftPolicy()
     learning: Learning = Learning()
+    batch: BatchLane = BatchLane()
 
     @property
     def tier_names(self) -> list[str]:
@@ -290,6 +315,16 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if t.name == name:
                 return t
         raise KeyError(name)
+
+    def batch_candidate(self, tier: str) -> Candidate | None:
+        """The model a tier's batch-lane jobs go to: its first candidate whose provider has a batch API
+        Ladder speaks (Anthropic, OpenAI itself; not Gemini, nor an OpenAI-compatible server at its own
+        base_url). None: the tier answers batch-lane jobs on the sync lane."""
+        for candidate in self.tier(tier).candidates:
+            config = self.providers[candidate.provider]
+            if config.kind == "anthropic" or (config.kind == "openai" and not config.base_url):
+                return candidate
+        return None
 
     def next_tier(self, name: str) -> str | None:
         names = self.tier_names
@@ -427,6 +462,25 @@ def _check_limits(p: Policies) -> Policies:
         raise PolicyError(f"limits.outcome_stream_warn_share: {share} must be above 0 and at most 1")
     if not 0 <= p.faults.crash_retry_delay_s < 3600:
         raise PolicyError(f"faults.crash_retry_delay_s: {p.faults.crash_retry_delay_s} must be between 0 and 3600")
+    return _check_batch(p)
+
+
+def _check_batch(p: Policies) -> Policies:
+    b = p.batch
+    positive = {
+        "batch.min_deadline_s": b.min_deadline_s,
+        "batch.max_wait_s": b.max_wait_s,
+        "batch.max_requests": b.max_requests,
+        "batch.max_bytes": b.max_bytes,
+        "batch.poll_interval_s": b.poll_interval_s,
+        "batch.cancel_after_s": b.cancel_after_s,
+    }
+    for field, value in positive.items():
+        if not value > 0:
+            raise PolicyError(f"{field}: {value} must be above 0")
+    for model, discount in b.discounts.items():
+        if not (discount.is_finite() and 0 <= discount < 1):
+            raise PolicyError(f"batch.discounts.{model}: {discount} must be a share from 0 to below 1 (0.5: half off)")
     return p
 
 

@@ -35,6 +35,24 @@ class PriceBook:
         kind = self._policies.providers[candidate.provider].kind
         return _catalogue_cost(_PRICE_PROVIDER[kind], candidate.model, input_tokens, output_tokens)
 
+    def batch_cost(self, candidate: Candidate, input_tokens: int, output_tokens: int) -> Decimal:
+        """The same tokens through the provider's batch API: the policies' discount off the synchronous
+        price where it names the model, else genai-prices' batch price. A model whose synchronous price
+        is overridden needs its discount named too (the catalogue's batch price would not match it)."""
+        discount = self._policies.batch.discounts.get(candidate.model)
+        if discount is not None:
+            return self.cost(candidate, input_tokens, output_tokens) * (1 - discount)
+        hint = f'add batch.discounts."{candidate.model}" (0.5 is half price)'
+        if candidate.model in self._policies.prices:
+            raise PolicyError(f"batch.discounts: '{candidate.model}' has a price override; {hint}")
+        kind = self._policies.providers[candidate.provider].kind
+        provider_id = _PRICE_PROVIDER[kind]
+        price = _catalogue(provider_id, candidate.model, input_tokens, output_tokens, batch=True)
+        if price is None:
+            known = f"no batch price known for {provider_id} model '{candidate.model}'"
+            raise PolicyError(f"batch.discounts: {known}; {hint}")
+        return price
+
     def counterfactual_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """What the same tokens would have cost on the top tier's first model."""
         return self.cost(self.counterfactual, input_tokens, output_tokens)
@@ -44,14 +62,28 @@ class PriceBook:
         return self.cost(self.middle, input_tokens, output_tokens)
 
 
-@lru_cache(maxsize=65536)
+BATCH_CONTEXT = {"processing": "batch"}  # genai-prices' price variant of the providers' batch APIs
+
+
 def _catalogue_cost(provider_id: str, model: str, input_tokens: int, output_tokens: int) -> Decimal:
+    price = _catalogue(provider_id, model, input_tokens, output_tokens, batch=False)
+    assert price is not None  # every model has a standard price
+    return price
+
+
+@lru_cache(maxsize=65536)
+def _catalogue(provider_id: str, model: str, input_tokens: int, output_tokens: int, batch: bool) -> Decimal | None:
+    """The catalogue's price; with `batch`, its batch price, or None when it has none for the model
+    (genai-prices falls back to the standard price then, which would overstate the discount's absence)."""
     try:
         price = calc_price(
             Usage(input_tokens=input_tokens, output_tokens=output_tokens),
             model_ref=model,
             provider_id=provider_id,
+            price_context=BATCH_CONTEXT if batch else None,
         )
     except LookupError as e:
         raise PolicyError(f"prices: no price known for {provider_id} model '{model}'; add [prices.\"{model}\"]") from e
+    if batch and not any(v.when == BATCH_CONTEXT for v in price.model.price_variants or ()):
+        return None
     return Decimal(price.total_price)

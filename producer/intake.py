@@ -75,6 +75,8 @@ class JobValidator:
             )
         if not text.strip():
             return "prompt: must not be empty"
+        if job.deadline is not None and job.deadline.tzinfo is None:
+            return "deadline: give a timezone (e.g. 2026-12-01T09:00:00Z)"
         return None
 
     def parse_line(self, number: int, raw: bytes) -> Job | Rejection:

@@ -6,16 +6,18 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
 
 from ladder.keys import Keys
-from ladder.messages import Job, Rejection, TierTask
-from ladder.queueing import Enqueuer
+from ladder.messages import Job, Lane, Rejection, TierTask
+from ladder.queueing import Enqueuer, to_batch_lane
 from policies.config import Policies
 from policies.experiments import assign
+from policies.lanes import Lanes
 from policies.rules import RuleRouter
 from producer.intake import JobValidator, read_lines
 
@@ -42,7 +44,7 @@ class _Tally:
     def settle(self, sent: list[tuple[int, TierTask]], flags: list[bool]) -> None:
         for (number, task), new in zip(sent, flags, strict=True):
             if new:
-                self.routed[task.route.tier] += 1
+                self.routed[f"batch:{task.route.tier}" if to_batch_lane(task) else task.route.tier] += 1
                 self.report.accepted += 1
             else:
                 self.report.duplicates += 1
@@ -57,10 +59,15 @@ class _Tally:
 class Producer:
     """Duplicate ids: the first occurrence of an id is queued, and a later one, in the same file or
     in any later submit while the first one's record lives (limits.result_ttl_s), is skipped and
-    counted as a duplicate, not rejected, so that submitting a file again after a crash is safe."""
+    counted as a duplicate, not rejected, so that submitting a file again after a crash is safe.
 
-    def __init__(self, redis: Redis, policies: Policies, keys: Keys) -> None:
+    `lane`: every job on that lane (`--lane`); None: the batch lane for jobs whose deadline is far
+    enough away (policies/lanes.py), the sync lane for the rest."""
+
+    def __init__(self, redis: Redis, policies: Policies, keys: Keys, lane: Lane | None = None) -> None:
         self._policies = policies
+        self._lane = lane
+        self._lanes = Lanes(policies)
         self._routers = {name: RuleRouter(policies.for_strategy(name)) for name in policies.strategy_names}
         self._validator = JobValidator(policies)
         self._enqueuer = Enqueuer(redis, keys, policies.limits.result_ttl_s * 1000)
@@ -75,6 +82,7 @@ class Producer:
         """The job routed by the rules of its strategy: the default one, or its experiment arm's."""
         chosen = assign(self._policies.experiments, self._policies.routing_strategy, job)
         route = self._routers[chosen.strategy].route(job)
+        lane = self._lanes.chosen(job, self._lane, datetime.now(UTC))
         return TierTask(
             job=job,
             batch=batch,
@@ -83,6 +91,7 @@ class Producer:
             strategy=chosen.strategy,
             experiment=chosen.experiment,
             arm=chosen.arm,
+            lane=self._lanes.on_tier(lane, route.tier),
         )
 
     async def submit(self, jobs: Iterable[Job] | AsyncIterable[Job], batch: str) -> SubmitReport:

@@ -40,6 +40,7 @@ from policies.config import CLASSIFY_QUEUE, Candidate, Policies
 from policies.embedding import Embedder
 from policies.embedding_router import EmbeddingRouter
 from policies.injection import steering_attempt
+from policies.lanes import Lanes
 from policies.prices import PriceBook
 from worker.arq_worker import queue_worker
 from worker.budget import BudgetBook
@@ -151,6 +152,7 @@ class ClassifierRuntime:
         self.keys = keys
         self.providers = providers
         self.prices = PriceBook(policies)
+        self.lanes = Lanes(policies, self.prices)
         self.budget = BudgetBook.for_policies(redis, keys, policies)
         self.settler = Settler(redis, keys, policies, self.metrics)
         stages = embedding or {}
@@ -309,6 +311,7 @@ class ClassifierRuntime:
             strategy=task.strategy,
             experiment=task.experiment,
             arm=task.arm,
+            lane=self.lanes.on_tier(task.lane, decision.tier),
         )
         record = job_record(routed, "queued", tier=decision.tier)
         pipe = self.redis.pipeline(transaction=True)

@@ -56,8 +56,9 @@ ROLLUP_KEYS = (
     "provider", "model", "status", "error_class",
 )  # fmt: skip
 
-# Fixed column names only: nothing here comes from a user.
-_ROLLUP_SELECT = f"""
+# Fixed column names only: nothing here comes from a user. The view's query as version 2 made it
+# (kept as it was: a fresh database runs every version in turn), then as it is now.
+_ROLLUP_SELECT_V2 = f"""
     SELECT toDate(finished_at) AS day, {", ".join(ROLLUP_KEYS[1:])},
            count() AS calls,
            countIf(final) AS jobs,
@@ -69,6 +70,26 @@ _ROLLUP_SELECT = f"""
            sumIf(middle_tier_cost, final) AS middle_tier_cost,
            quantilesTDigestState(0.5, 0.95, 0.99)(latency_ms) AS latency_ms
     FROM {{db}}.outcomes{{final}}
+    GROUP BY {", ".join(ROLLUP_KEYS)}
+"""  # noqa: S608
+# The batch lane's rows are summed apart (their jobs, cost, and the same tokens at the synchronous
+# price); their latency is a batch's turnaround, hours, so the latency quantiles leave them out.
+_ROLLUP_SELECT = f"""
+    SELECT toDate(finished_at) AS day, {", ".join(ROLLUP_KEYS[1:])},
+           count() AS calls,
+           countIf(final) AS jobs,
+           countIf(simulated) AS simulated_calls,
+           sum(input_tokens) AS input_tokens,
+           sum(output_tokens) AS output_tokens,
+           sum(cost) AS cost,
+           sumIf(counterfactual_cost, final) AS top_tier_cost,
+           sumIf(middle_tier_cost, final) AS middle_tier_cost,
+           quantilesTDigestStateIf(0.5, 0.95, 0.99)(latency_ms, lane != 'batch') AS latency_ms,
+           countIf(lane = 'batch') AS batch_calls,
+           countIf(final AND lane = 'batch') AS batch_jobs,
+           sumIf(o.cost, lane = 'batch') AS batch_cost,
+           sumIf(o.sync_cost, lane = 'batch') AS batch_sync_cost
+    FROM {{db}}.outcomes AS o{{final}}
     GROUP BY {", ".join(ROLLUP_KEYS)}
 """  # noqa: S608
 
@@ -149,8 +170,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "DROP VIEW IF EXISTS {db}.outcomes_daily_mv",
         "TRUNCATE TABLE IF EXISTS {db}.outcomes_daily",
         "CREATE MATERIALIZED VIEW {db}.outcomes_daily_mv TO {db}.outcomes_daily AS "
-        + _ROLLUP_SELECT.replace("{final}", ""),
-        "INSERT INTO {db}.outcomes_daily " + _ROLLUP_SELECT.replace("{final}", " FINAL"),
+        + _ROLLUP_SELECT_V2.replace("{final}", ""),
+        "INSERT INTO {db}.outcomes_daily " + _ROLLUP_SELECT_V2.replace("{final}", " FINAL"),
     ),
     (
         """
@@ -200,6 +221,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
         ENGINE = ReplacingMergeTree(at)
         ORDER BY (job_id, event_id)
         """,
+    ),
+    (
+        # The batch lane: each row's lane, and its tokens at the synchronous price; the rollup sums
+        # the batch rows apart. Rollup rows written before this have no batch rows (their sums: 0),
+        # so the view is replaced without a backfill. A sink inserting between the two view
+        # statements would miss the rollup: upgrade with the sinks stopped (deploy/README.md).
+        "ALTER TABLE {db}.outcomes ADD COLUMN IF NOT EXISTS lane LowCardinality(String) DEFAULT 'sync'",
+        "ALTER TABLE {db}.outcomes ADD COLUMN IF NOT EXISTS sync_cost Decimal(38, 12) DEFAULT 0",
+        "ALTER TABLE {db}.outcomes_daily ADD COLUMN IF NOT EXISTS batch_calls SimpleAggregateFunction(sum, UInt64)",
+        "ALTER TABLE {db}.outcomes_daily ADD COLUMN IF NOT EXISTS batch_jobs SimpleAggregateFunction(sum, UInt64)",
+        "ALTER TABLE {db}.outcomes_daily ADD COLUMN IF NOT EXISTS batch_cost "
+        "SimpleAggregateFunction(sum, Decimal(38, 12))",
+        "ALTER TABLE {db}.outcomes_daily ADD COLUMN IF NOT EXISTS batch_sync_cost "
+        "SimpleAggregateFunction(sum, Decimal(38, 12))",
+        "DROP VIEW IF EXISTS {db}.outcomes_daily_mv",
+        "CREATE MATERIALIZED VIEW {db}.outcomes_daily_mv TO {db}.outcomes_daily AS "
+        + _ROLLUP_SELECT.replace("{final}", ""),
     ),
 ]
 
@@ -360,12 +398,12 @@ _PICO = Decimal("1e-12")
 
 
 def _arrow_column(name: str, values: list[Any]) -> pa.Array:
-    if name in ("cost", "counterfactual_cost", "middle_tier_cost"):
+    if name in ("cost", "counterfactual_cost", "middle_tier_cost", "sync_cost"):
         # Decimal(38, 12) keeps 12 places and drops the rest, as ClickHouse does when it parses text.
         return pa.array([v.quantize(_PICO, ROUND_DOWN) for v in values], _DECIMAL)
     if name in ("started_at", "finished_at", "at"):
         return pa.array(values, pa.float64())  # unix seconds; ClickHouse keeps the milliseconds
-    if name in ("route_source", "status", "source"):
+    if name in ("route_source", "status", "source", "lane"):
         return pa.array([v.value for v in values], pa.string())
     if name == "routing":
         return pa.array([int(v) for v in values], pa.int8())

@@ -8,16 +8,20 @@ is streamed exactly when the job moved, and a task marked settled is never bille
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from ladder.keys import Keys
 from ladder.messages import (
     ENCODER,
     Attempt,
     DeadLetter,
+    Lane,
     Outcome,
     RouteDecision,
     RouteSource,
@@ -35,6 +39,7 @@ from ladder.queueing import add_shadow, add_to_queue
 from ladder.redact import redact
 from policies.config import Policies
 from policies.experiments import bucket
+from policies.lanes import Lanes
 from worker.metrics import Metrics
 from worker.provider import BadAnswer, BadRequest, Completion, ProviderError
 from worker.steps import Call
@@ -86,6 +91,8 @@ def outcome_event(
         cost=call.cost,
         counterfactual_cost=call.counterfactual_cost,
         middle_tier_cost=call.middle_tier_cost,
+        lane=task.lane,
+        sync_cost=call.sync_cost,
         latency_ms=call.latency_ms,
         started_at=call.started_at,
         finished_at=time.time(),
@@ -120,6 +127,7 @@ class Settler:
         self._keys = keys
         self._policies = policies
         self._record_ttl_ms = policies.limits.result_ttl_s * 1000
+        self._lanes = Lanes(policies)
         shadow = policies.shadow
         self._shadowed = frozenset(policies.shadowed_tiers()) if shadow.enabled and shadow.sample > 0 else frozenset()
 
@@ -164,7 +172,7 @@ class Settler:
             attempt=len(task.attempts) + 1, status=Status.DEAD, error_class=CRASHED,
             error_message=reason[:ERROR_MESSAGE_CHARS], input_tokens=0, output_tokens=0, cost=Decimal(0),
             counterfactual_cost=Decimal(0), latency_ms=0.0, started_at=now, finished_at=now, simulated=False,
-            final=True,
+            final=True, lane=task.lane,
         )  # fmt: skip
         attempts = list(task.attempts)
         record = job_record(
@@ -194,6 +202,66 @@ class Settler:
         simulated: bool,
         earlier: Sequence[Attempt] = (),
     ) -> Status:
+        pipe = self._redis.pipeline(transaction=True)
+        status, outcome = self._settling(pipe, task_id, call, completion, error, simulated, earlier)
+        await pipe.execute()
+        self._metrics.record_outcome(outcome)
+        return status
+
+    async def settle_once(
+        self, task_id: str, call: Call, completion: Completion | None, error: ProviderError | None, simulated: bool
+    ) -> Status | None:
+        """settle, unless the task was settled before (None then): for results that may be read again,
+        as a batch's are, by a poller that restarted or by two at once. The check and the settle are
+        one optimistic transaction on the task's settled mark."""
+        return await self._once(task_id, lambda pipe: self._settling(pipe, task_id, call, completion, error, simulated))
+
+    async def fall_back(self, task_id: str, call: Call, error: ProviderError, simulated: bool) -> Status | None:
+        """A batch request that was not answered (expired, canceled, errored by the provider): its row
+        (status failover, no cost), and the job on its own tier's sync queue, in one transaction;
+        None when settled before."""
+        return await self._once(task_id, lambda pipe: self._falling_back(pipe, task_id, call, error, simulated))
+
+    async def _once(self, task_id: str, queue: Callable[[Any], tuple[Status, Outcome]]) -> Status | None:
+        settled = self._keys.settled(task_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(settled)
+            if await pipe.exists(settled):
+                return None
+            pipe.multi()  # type: ignore[no-untyped-call]
+            status, outcome = queue(pipe)
+            try:
+                await pipe.execute()
+            except WatchError:
+                return None
+        self._metrics.record_outcome(outcome)
+        return status
+
+    def _falling_back(
+        self, pipe: Any, task_id: str, call: Call, error: ProviderError, simulated: bool
+    ) -> tuple[Status, Outcome]:
+        task, keys = call.task, self._keys
+        attempts = [*task.attempts, _attempt(call, Status.FAILOVER, error, None)]
+        moved = msgspec.structs.replace(task, attempts=attempts, lane=Lane.SYNC)
+        outcome = outcome_event(call, Status.FAILOVER, error, None, simulated)
+        record = job_record(moved, "queued", tier=call.tier, path=[_path_entry(a) for a in attempts])
+        pipe.xadd(keys.outcomes, {"e": ENCODER.encode(outcome)})
+        pipe.set(keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
+        pipe.set(keys.job(task.job.id), ENCODER.encode(record), px=self._record_ttl_ms)
+        add_to_queue(pipe, keys, moved)
+        return Status.FAILOVER, outcome
+
+    def _settling(
+        self,
+        pipe: Any,
+        task_id: str,
+        call: Call,
+        completion: Completion | None,
+        error: ProviderError | None,
+        simulated: bool,
+        earlier: Sequence[Attempt] = (),
+    ) -> tuple[Status, Outcome]:
+        """Queue the settle's commands on `pipe` (a transaction); the status and the outcome row."""
         task, keys = call.task, self._keys
         if isinstance(error, BadAnswer):
             completion = error.completion  # answered and billed, but not kept
@@ -215,7 +283,6 @@ class Settler:
             reason=str(error)[:ERROR_MESSAGE_CHARS] if error and status is Status.DEAD else "",
             simulated=simulated,
         )
-        pipe = self._redis.pipeline(transaction=True)
         pipe.xadd(keys.outcomes, {"e": ENCODER.encode(outcome)})
         pipe.set(keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
         pipe.set(keys.job(task.job.id), ENCODER.encode(record), px=self._record_ttl_ms)
@@ -234,6 +301,7 @@ class Settler:
                     strategy=task.strategy,
                     experiment=task.experiment,
                     arm=task.arm,
+                    lane=self._lanes.after_escalation(task.lane, next_tier),
                 ),
             )
             pipe.hincrby(counts, "escalations", 1)
@@ -254,6 +322,4 @@ class Settler:
             ):
                 answer = ShadowTask(task, call.tier, call.candidate.provider, call.candidate.model, completion.text)
                 add_shadow(pipe, keys, answer)
-        await pipe.execute()
-        self._metrics.record_outcome(outcome)
-        return status
+        return status, outcome

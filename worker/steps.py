@@ -15,7 +15,7 @@ from functools import partial
 
 import structlog
 
-from ladder.messages import TierTask
+from ladder.messages import Job, TierTask
 from policies.answer_checks import AnswerChecker
 from policies.config import Candidate
 from policies.prices import PriceBook
@@ -36,6 +36,17 @@ class Call:
     cost: Decimal = Decimal(0)
     counterfactual_cost: Decimal = Decimal(0)
     middle_tier_cost: Decimal = Decimal(0)
+    sync_cost: Decimal = Decimal(0)  # the same tokens at the model's synchronous price (cost, but on the batch lane)
+
+
+def request_for(job: Job, model: str) -> CompletionRequest:
+    """The request that asks `model` for the job's answer, on either lane."""
+    return CompletionRequest(
+        model=model,
+        messages=job.conversation(),
+        max_output_tokens=job.max_output_tokens,
+        json_mode=job.json_schema is not None,
+    )
 
 
 Handler = Callable[[Call], Awaitable[Completion]]
@@ -81,6 +92,7 @@ class Priced:
     async def __call__(self, call: Call, proceed: Handler) -> Completion:
         completion = await proceed(call)
         call.cost = self._prices.cost(call.candidate, completion.input_tokens, completion.output_tokens)
+        call.sync_cost = call.cost
         call.counterfactual_cost = self._prices.counterfactual_cost(completion.input_tokens, completion.output_tokens)
         call.middle_tier_cost = self._prices.middle_tier_cost(completion.input_tokens, completion.output_tokens)
         return completion

@@ -22,7 +22,6 @@ from worker.provider import (
     BadAnswer,
     BadRequest,
     Completion,
-    CompletionRequest,
     Overloaded,
     ProviderError,
     RateLimited,
@@ -32,7 +31,7 @@ from worker.provider import (
 from worker.providers import ProviderPool
 from worker.rate_limiter import RateLimiter, RateLimitStep
 from worker.settle import Settler
-from worker.steps import AnswerChecks, Call, Priced, Step, call_before, compose, logged, timed
+from worker.steps import AnswerChecks, Call, Priced, Step, call_before, compose, logged, request_for, timed
 
 
 class TierRuntime:
@@ -115,14 +114,7 @@ class TierRuntime:
         return healthy or list(candidates)
 
     def _call(self, task: TierTask, tier: str, candidate: Candidate, number: int) -> Call:
-        job = task.job
-        request = CompletionRequest(
-            model=candidate.model,
-            messages=job.conversation(),
-            max_output_tokens=job.max_output_tokens,
-            json_mode=job.json_schema is not None,
-        )
-        return Call(task, tier, candidate, request, number=number)
+        return Call(task, tier, candidate, request_for(task.job, candidate.model), number=number)
 
     async def _attempt(self, call: Call, deadline: float) -> tuple[Completion | None, ProviderError | None]:
         budget = self.policies.limits.job_timeout_s
