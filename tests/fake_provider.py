@@ -68,6 +68,16 @@ draw is seeded by the seed, the model, the request body and how many times that 
 so the same requests meet the same faults whatever the order they arrive in. It runs after
 `fail`/`fail_rate` and the rate limits.
 
+Batch APIs (tests/fake_batches.py, reached as `fake.batches`): Anthropic Message Batches
+(/v1/messages/batches...) and OpenAI Batch with its Files (/v1/batches..., /v1/files...). A batch's
+requests are answered as the routes above would answer them (reply rules, token counting, truncation;
+no rate limits, storm or fail/fail_rate), only when a test moves the batch: `end`, `end_partially`,
+`expire`, a cancel through the API, or with `auto_end_s` set the first GET that long after its
+creation. Each answered request is one `Call` with `batch` = the batch id; expired and canceled
+requests are not billed, so not recorded. `fail_items(model, rate, kind)` errors a seeded share of a
+model's batch requests; `submitted()` lists the batches, their requests and how often their results
+were read.
+
 Counters per model, in both modes: `stats()` and `GET /_fake/stats` answer
 {model: {"ok": n, "429": n, "5xx": n, "other": n}}. Control over HTTP (what a benchmark driving the
 process uses): `POST /_fake/fail` {"model", "status", "rate"[, "seed"]} and `POST /_fake/limit`
@@ -176,6 +186,7 @@ class Call:
     status: int  # HELD (0): no answer was sent
     api_key: str = field(repr=False)  # a failing assertion that prints a Call must not show it
     answer: str = ""  # the storm's fault (STORM_FAULTS), "" for an ordinary answer
+    batch: str = ""  # the provider batch id the call was answered in (tests/fake_batches.py), "" for a sync call
 
 
 _Response = tuple[int, dict[str, str], bytes]
@@ -340,6 +351,9 @@ class FakeProvider:
         self._stats: dict[str, dict[str, int]] = {}
         self._storm: _Storm | None = None
         self._hold_s = 30.0  # how long a held call is held at most (storm's hold_s)
+        from tests.fake_batches import FakeBatches  # here, not on top: that module imports this one
+
+        self.batches = FakeBatches(self)
 
     # ---- control API -------------------------------------------------------------------------
 
@@ -527,6 +541,7 @@ class FakeProvider:
             return list(self._calls)
 
     def reset(self) -> None:
+        self.batches.reset()  # outside self._lock: the batches take it while holding their own
         with self._lock:
             self._calls.clear()
             self._failures.clear()
@@ -580,7 +595,8 @@ class FakeProvider:
                     body = await self._read_body(reader, headers)
                 except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                     return
-                status, extra, payload = self._handle(method, target, headers, body)
+                handle = self.batches.handle if self.batches.serves(target) else self._handle  # tests/fake_batches.py
+                status, extra, payload = handle(method, target, headers, body)
                 if status == HELD:  # no answer: what the client's timeout is for
                     with contextlib.suppress(TimeoutError, ConnectionError):
                         await asyncio.wait_for(reader.read(1), self._hold_s)  # b"" once the client hangs up

@@ -6,6 +6,7 @@ raw calls) and msgspec decodes the answer, to keep the SDK's pydantic models off
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 import anthropic
@@ -65,39 +66,51 @@ class AnthropicProvider:
         self._client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        system = [m.content for m in request.messages if m.role == "system"]
-        if request.json_mode:  # the Messages API has no JSON switch: ask for it
-            system.append(JSON_INSTRUCTION)
-        body: dict[str, object] = {
-            "model": request.model,
-            "max_tokens": request.max_output_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
-        }
-        if system:
-            body["system"] = "\n\n".join(system)
         try:
-            raw = await self._client.post("/v1/messages", body=body, cast_to=httpx2.Response)
-            response = _decoder.decode(raw.content)
+            raw = await self._client.post("/v1/messages", body=message_body(request), cast_to=httpx2.Response)
         except anthropic.APIStatusError as exc:
             raise _status_error(exc) from exc
         except anthropic.APIConnectionError as exc:  # APITimeoutError included
             raise Transient(f"anthropic: {exc.message}") from exc
-        except msgspec.DecodeError as exc:  # ValidationError included: a field missing or of the wrong type
-            raise MalformedResponse(f"anthropic: unreadable response: {exc}") from exc
-        text = "".join(block.text for block in response.content if block.type == "text")
-        headers = raw.headers
-        return Completion(
-            text=text,
-            input_tokens=response.usage.input_tokens,
-            output_tokens=response.usage.output_tokens,
-            finish_reason=_FINISH.get(response.stop_reason or "", "other"),
-            requests_left=header_int(headers, "anthropic-ratelimit-requests-remaining"),
-            input_tokens_left=header_int(headers, "anthropic-ratelimit-input-tokens-remaining"),
-            output_tokens_left=header_int(headers, "anthropic-ratelimit-output-tokens-remaining"),
-        )
+        return completion_from(raw.content, raw.headers)
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def message_body(request: CompletionRequest) -> dict[str, object]:
+    """The Messages API body for a request (a batch request's `params` too)."""
+    system = [m.content for m in request.messages if m.role == "system"]
+    if request.json_mode:  # the Messages API has no JSON switch: ask for it
+        system.append(JSON_INSTRUCTION)
+    body: dict[str, object] = {
+        "model": request.model,
+        "max_tokens": request.max_output_tokens,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+    }
+    if system:
+        body["system"] = "\n\n".join(system)
+    return body
+
+
+def completion_from(raw: bytes | msgspec.Raw, headers: Mapping[str, str] | None = None) -> Completion:
+    """A Message's JSON (a 200's body, or a succeeded batch result's message) as a Completion;
+    MalformedResponse when it is not one. `headers`: the answer's, for its rate-limit figures."""
+    try:
+        response = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError included: a field missing or of the wrong type
+        raise MalformedResponse(f"anthropic: unreadable response: {exc}") from exc
+    text = "".join(block.text for block in response.content if block.type == "text")
+    headers = headers or {}
+    return Completion(
+        text=text,
+        input_tokens=response.usage.input_tokens,
+        output_tokens=response.usage.output_tokens,
+        finish_reason=_FINISH.get(response.stop_reason or "", "other"),
+        requests_left=header_int(headers, "anthropic-ratelimit-requests-remaining"),
+        input_tokens_left=header_int(headers, "anthropic-ratelimit-input-tokens-remaining"),
+        output_tokens_left=header_int(headers, "anthropic-ratelimit-output-tokens-remaining"),
+    )
 
 
 def _status_error(exc: anthropic.APIStatusError) -> ProviderError:

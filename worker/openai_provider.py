@@ -8,6 +8,7 @@ pydantic models, which were a third of the worker's CPU per call at batch rates.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, TypeVar
 
 import httpx2
@@ -70,28 +71,47 @@ class OpenAIProvider:
         self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        body: dict[str, object] = {
-            "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            # max_tokens, not max_completion_tokens: the one OpenAI-compatible servers all understand.
-            "max_tokens": request.max_output_tokens,
-        }
-        if request.json_mode:
-            body["response_format"] = {"type": "json_object"}
-        response, headers = await post_json(self._client, "/chat/completions", body, _decoder, self.name)
-        choice = response.choices[0] if response.choices else None
-        usage = response.usage
-        return Completion(
-            text=(choice.message.content or "") if choice else "",
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
-            finish_reason=_finish(choice),
-            requests_left=header_int(headers, "x-ratelimit-remaining-requests"),
-            tokens_left=header_int(headers, "x-ratelimit-remaining-tokens"),
-        )
+        response, headers = await post_json(self._client, "/chat/completions", chat_body(request), _decoder, self.name)
+        return _completion(response, headers)
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def chat_body(request: CompletionRequest) -> dict[str, object]:
+    """The Chat Completions body for a request (a batch input line's `body` too)."""
+    body: dict[str, object] = {
+        "model": request.model,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        # max_tokens, not max_completion_tokens: the one OpenAI-compatible servers all understand.
+        "max_tokens": request.max_output_tokens,
+    }
+    if request.json_mode:
+        body["response_format"] = {"type": "json_object"}
+    return body
+
+
+def completion_from(raw: bytes | msgspec.Raw, name: str = "openai") -> Completion:
+    """A chat completion's JSON (a batch output line's response body) as a Completion;
+    MalformedResponse when it is not one."""
+    try:
+        response = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError included: a field missing or of the wrong type
+        raise MalformedResponse(f"{name}: unreadable response: {exc}") from exc
+    return _completion(response, {})
+
+
+def _completion(response: _ChatCompletion, headers: Mapping[str, str]) -> Completion:
+    choice = response.choices[0] if response.choices else None
+    usage = response.usage
+    return Completion(
+        text=(choice.message.content or "") if choice else "",
+        input_tokens=usage.prompt_tokens if usage else 0,
+        output_tokens=usage.completion_tokens if usage else 0,
+        finish_reason=_finish(choice),
+        requests_left=header_int(headers, "x-ratelimit-remaining-requests"),
+        tokens_left=header_int(headers, "x-ratelimit-remaining-tokens"),
+    )
 
 
 async def post_json(
