@@ -157,6 +157,9 @@ SAVINGS_FIGURES = {
     "shadow_cost": "sumIf(cost, route_source = {shadow:String})",
     "all_top": "sumIf(top_tier_cost, tier != {classify:String})",
     "all_middle": "sumIf(middle_tier_cost, tier != {classify:String})",
+    "batch_jobs": "sum(batch_jobs)",
+    "batch_cost": "sum(batch_cost)",
+    "batch_sync_cost": "sum(batch_sync_cost)",
 }
 LATENCY_QUANTILES = "quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ms)"  # p50, p95, p99
 
@@ -214,7 +217,10 @@ class Reports:
             filters,
             "GROUP BY day ORDER BY day",
         )
-        return self._savings_table(filters, [(r[0], int(r[1]), *(Decimal(v) for v in r[2:7])) for r in rows])
+        return self._savings_table(
+            filters,
+            [(r[0], int(r[1]), *(Decimal(v) for v in r[2:7]), int(r[7]), *(Decimal(v) for v in r[8:10])) for r in rows],
+        )
 
     def _savings_table(self, filters: Filters, rows: list[tuple[Any, ...]]) -> Table:
         top, middle = self._policies.top_tier.name, self._policies.middle_tier.name
@@ -223,10 +229,10 @@ class Reports:
                    "saved_%"]  # fmt: skip
         if with_middle:
             columns += [f"all_{middle}", f"saved_vs_{middle}", f"saved_vs_{middle}_%"]
+        columns += ["batch_jobs", "batch_jobs_%", "batch_saved"]
         out: list[tuple[Any, ...]] = []
-        for day, jobs, model_cost, classifier_cost, shadow_cost, all_top, all_middle in (
-            [*rows, _total(rows)] if rows else []
-        ):
+        for day, jobs, model_cost, classifier_cost, shadow_cost, all_top, all_middle, batch_jobs, batch_cost, \
+                batch_sync_cost in ([*rows, _total(rows)] if rows else []):  # fmt: skip
             actual = model_cost + classifier_cost + shadow_cost
             line: tuple[Any, ...] = (
                 str(day), jobs, model_cost, classifier_cost, shadow_cost, actual, all_top, all_top - actual,
@@ -234,12 +240,15 @@ class Reports:
             )  # fmt: skip
             if with_middle:
                 line += (all_middle, all_middle - actual, _ratio(all_middle - actual, all_middle))
+            line += (batch_jobs, _ratio(batch_jobs, jobs), batch_sync_cost - batch_cost)
             out.append(line)
         notes = [
             f"all_{top}: every job sent once to the {top} tier ({self._policies.top_tier.candidates[0].model}), "
             "priced on its final answer's tokens; actual = model_cost (escalations included) + classifier_cost + "
             "shadow_cost (shadow evaluation: a sample of jobs asked again on the reference tier and judged; it "
-            "measures routing and answers no job)"
+            "measures routing and answers no job)",
+            "batch_jobs: jobs settled through a provider batch API (the batch lane); batch_saved: what those calls "
+            "would have cost at the synchronous price, less their batch price (included in saved)",
         ]
         return Table(f"savings by day ({filters.describe()})", columns, out, notes)
 

@@ -133,7 +133,8 @@ def test_savings_subtracts_the_classifier_and_counts_each_job_once(clickhouse: C
     table = reports.savings(Filters())
     assert table.columns[:9] == ["day", "jobs", "model_cost", "classifier_cost", "shadow_cost", "actual",
                                  "all_premium", "saved", "saved_%"]  # fmt: skip
-    assert table.columns[9:] == ["all_standard", "saved_vs_standard", "saved_vs_standard_%"]
+    assert table.columns[9:] == ["all_standard", "saved_vs_standard", "saved_vs_standard_%", "batch_jobs",
+                                 "batch_jobs_%", "batch_saved"]  # fmt: skip
     day1 = table.rows[0]
     # 3 jobs: two plain (0.001 each) and one escalated (0.002 + 0.005); the classifier 0.0001.
     assert day1[:6] == ("2026-11-02", 3, Decimal("0.009"), Decimal("0.0001"), Decimal("0"), Decimal("0.0091"))
