@@ -318,11 +318,11 @@ class Policies(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def batch_candidate(self, tier: str) -> Candidate | None:
         """The model a tier's batch-lane jobs go to: its first candidate whose provider has a batch API
-        Ladder speaks (Anthropic, OpenAI itself; not Gemini, nor an OpenAI-compatible server at its own
-        base_url). None: the tier answers batch-lane jobs on the sync lane."""
+        Ladder speaks (Anthropic; OpenAI and Gemini themselves, not an OpenAI-compatible server or a
+        Gemini proxy at its own base_url). None: the tier answers batch-lane jobs on the sync lane."""
         for candidate in self.tier(tier).candidates:
             config = self.providers[candidate.provider]
-            if config.kind == "anthropic" or (config.kind == "openai" and not config.base_url):
+            if config.kind == "anthropic" or (config.kind in ("openai", "gemini") and not config.base_url):
                 return candidate
         return None
 

@@ -1,5 +1,5 @@
-"""The fake provider's batch APIs: Anthropic Message Batches, and OpenAI Batch with the Files it reads
-its input from and writes its results to.
+"""The fake provider's batch APIs: Anthropic Message Batches, OpenAI Batch with the Files it reads
+its input from and writes its results to, and Gemini Batch Mode with inline requests.
 
 tests/fake_provider.py's server hands this module every path under /v1/messages/batches, /v1/batches
 and /v1/files (`fake.batches`). The wire formats follow the official SDKs' types closely enough that
@@ -22,6 +22,16 @@ Limits are attributes, so a test can lower them: Anthropic answers 400 past `ant
 and 413 past `anthropic_max_bytes`, and 400 for a custom_id that is malformed or used twice. OpenAI
 fails the batch (status "failed", with `errors`) past `openai_max_requests` or `openai_max_bytes`, on
 an unreadable line, a duplicate custom_id, or (`openai_one_model`) requests to more than one model.
+
+Gemini (v1beta only, as Google serves batch mode): POST /v1beta/models/{model}:batchGenerateContent
+with inline requests, GET /v1beta/batches/{id}, GET /v1beta/batches (pageSize, pageToken), POST
+/v1beta/batches/{id}:cancel, answering long-running Operations as `client.aio.batches.*` reads them.
+A request's custom id is the `key` of its metadata (its index without one). An ended batch carries its
+responses inline, one per request in order, each with the request's metadata: a `response`, an `error`
+(a google.rpc.Status: gRPC code and message), or, for a request never run (expired, cancelled), the
+metadata alone; Google documents no shape for those, this is the fake's. `results_reads` counts GETs
+of the ended batch, which is how its results are read. Past `gemini_max_bytes` (the create's whole
+body) it answers 400, as Google does past 20 MB.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.fake_provider import (
     _ANSWER_FIELD,
@@ -60,6 +70,8 @@ from tests.fake_provider import (
 ANTHROPIC_PREFIX = "/v1/messages/batches"
 OPENAI_PREFIXES = ("/v1/batches", "/v1/files")
 CHAT_ENDPOINT = "/v1/chat/completions"
+GEMINI_PREFIX = "/v1beta/batches"
+GEMINI_CREATE = re.compile(r"/v1beta/models/([^/:]+):batchGenerateContent")
 WINDOW_S = 24 * 3600.0
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -92,10 +104,10 @@ class SubmittedRequest:
 @dataclass(frozen=True)
 class SubmittedBatch:
     """A batch as a test sees it: `status` is what a GET would show (Anthropic's processing_status,
-    OpenAI's status)."""
+    OpenAI's status, Gemini's state)."""
 
     id: str
-    provider: str  # "anthropic" | "openai"
+    provider: str  # "anthropic" | "openai" | "gemini"
     status: str
     requests: tuple[SubmittedRequest, ...]
     metadata: dict[str, str]
@@ -111,6 +123,7 @@ class _Request:
     outcome: str = ""
     status: int = 0  # the answer's HTTP status, once answered
     answer: dict[str, Any] | None = None  # the Message or chat completion, or the error body
+    metadata: dict[str, Any] | None = None  # a Gemini request's, echoed on its response
 
 
 @dataclass
@@ -131,6 +144,8 @@ class _Batch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)  # why OpenAI failed it
+    display_name: str = ""  # Gemini's
+    model: str = ""  # Gemini's, from the create's path
 
 
 @dataclass
@@ -197,6 +212,10 @@ class FakeBatches:
             ("GET", re.compile(r"/v1/batches"), self._openai_list),
             ("GET", re.compile(r"/v1/batches/([^/]+)"), self._openai_retrieve),
             ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), self._openai_cancel),
+            ("POST", GEMINI_CREATE, self._gemini_create),
+            ("GET", re.compile(r"/v1beta/batches"), self._gemini_list),
+            ("GET", re.compile(r"/v1beta/batches/([^/:]+)"), self._gemini_retrieve),
+            ("POST", re.compile(r"/v1beta/batches/([^/:]+):cancel"), self._gemini_cancel),
         ]
         self._set_defaults()
 
@@ -206,6 +225,7 @@ class FakeBatches:
         self.openai_max_requests = 50_000
         self.openai_max_bytes = 200 * 1024 * 1024
         self.openai_one_model = True
+        self.gemini_max_bytes = 20 * 1024 * 1024
         self.window_s = WINDOW_S
         self.auto_end_s: float | None = None
         self.clock: Callable[[], float] = time.time  # wall time: it is sent as created_at; tests may replace it
@@ -278,11 +298,14 @@ class FakeBatches:
     def serves(target: str) -> bool:
         """Whether the request target is a batch route (FakeProvider hands those to `handle`)."""
         path = urlsplit(target).path
-        return any(path == p or path.startswith(p + "/") for p in (ANTHROPIC_PREFIX, *OPENAI_PREFIXES))
+        prefixes = (ANTHROPIC_PREFIX, *OPENAI_PREFIXES, GEMINI_PREFIX)
+        return any(path == p or path.startswith(p + "/") for p in prefixes) or bool(GEMINI_CREATE.fullmatch(path))
 
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Response:
         path, query = urlsplit(target).path, urlsplit(target).query
         provider = "anthropic" if path.startswith(ANTHROPIC_PREFIX) else "openai"
+        if path.startswith(GEMINI_PREFIX) or GEMINI_CREATE.fullmatch(path):
+            provider = "gemini"
         matches = [(m, handler, found) for m, pattern, handler in self._routes if (found := pattern.fullmatch(path))]
         if not matches:
             return _refusal(provider, 404, f"no route for {method} {path}")
@@ -514,6 +537,77 @@ class FakeBatches:
             "metadata": batch.metadata or None,
         }
 
+    # ---- Gemini --------------------------------------------------------------------------------
+
+    def _gemini_create(self, model: str, request: _Req) -> _Response:
+        if len(request.body) > self.gemini_max_bytes:
+            raise _Refused(400, f"Request payload size exceeds the limit: {self.gemini_max_bytes} bytes.")
+        spec = _json_object(request.body).get("batch")
+        if not isinstance(spec, dict):
+            raise _Refused(400, "batch: an object is required")
+        display_name = spec.get("displayName")
+        if not isinstance(display_name, str) or not display_name:
+            raise _Refused(400, "batch.displayName: a name is required")
+        source = spec.get("inputConfig")
+        entries = source.get("requests", {}).get("requests") if isinstance(source, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise _Refused(400, "batch.inputConfig.requests.requests: a non-empty list is required")
+        model = unquote(model).removeprefix("models/")
+        requests = [_gemini_request(i, entry, model) for i, entry in enumerate(entries)]
+        batch = self._new_batch("gemini", "batches/", request.api_key, requests)
+        batch.display_name, batch.model = display_name, model
+        return 200, {}, _json(self._gemini_view(batch, "BATCH_STATE_PENDING"))
+
+    def _gemini_list(self, _: str, request: _Req) -> _Response:
+        batches = self._newest_first("gemini")
+        size, token = _param(request.query, "pageSize") or "50", _param(request.query, "pageToken") or "0"
+        if not size.isdigit() or not 1 <= int(size) <= 1000 or not token.isdigit():
+            raise _Refused(400, "pageSize: an integer from 1 to 1000 is required, pageToken one the list gave")
+        start, end = int(token), int(token) + int(size)
+        page: dict[str, Any] = {"operations": [self._gemini_view(b) for b in batches[start:end]]}
+        if end < len(batches):
+            page["nextPageToken"] = str(end)
+        return 200, {}, _json(page)
+
+    def _gemini_retrieve(self, batch_id: str, _: _Req) -> _Response:
+        batch = self._get(f"batches/{batch_id}", "gemini")
+        if batch.ended_as:  # its results come with it
+            batch.reads += 1
+        return 200, {}, _json(self._gemini_view(batch))
+
+    def _gemini_cancel(self, batch_id: str, _: _Req) -> _Response:
+        batch = self._get(f"batches/{batch_id}", "gemini")
+        if batch.ended_as:
+            raise _Refused(400, f"Batch {batch.id} is {_GEMINI_STATES[batch.ended_as]}: it cannot be cancelled.")
+        batch.cancel_at = self.clock()
+        self._finish(batch, "cancelled", CANCELED)
+        return 200, {}, _json({})
+
+    def _gemini_view(self, batch: _Batch, state: str = "") -> dict[str, Any]:
+        """The batch as Google answers it: a long-running Operation whose metadata is the batch."""
+        counts = Counter(r.outcome for r in batch.requests)
+        metadata: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+            "name": batch.id,
+            "model": f"models/{batch.model}",
+            "displayName": batch.display_name,
+            "createTime": _rfc3339(batch.created),
+            "updateTime": _rfc3339(batch.ended_at or batch.created),
+            "batchStats": {
+                "requestCount": str(len(batch.requests)),
+                "successfulRequestCount": str(counts[SUCCEEDED]),
+                "failedRequestCount": str(counts[ERRORED]),
+                "pendingRequestCount": str(counts[""]),
+            },
+            "state": state or _GEMINI_STATES.get(batch.ended_as, "BATCH_STATE_RUNNING"),
+        }
+        if not batch.ended_as:
+            return {"name": batch.id, "metadata": metadata}
+        output = {"inlinedResponses": {"inlinedResponses": [_gemini_response(r) for r in batch.requests]}}
+        metadata.update(endTime=_rfc3339(batch.ended_at), output=output)
+        kind = "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput"
+        return {"name": batch.id, "metadata": metadata, "done": True, "response": {"@type": kind, **output}}
+
     # ---- answering and ending ------------------------------------------------------------------
 
     def _new_batch(self, provider: str, prefix: str, api_key: str, requests: list[_Request]) -> _Batch:
@@ -535,6 +629,8 @@ class FakeBatches:
         batch.ended_as, batch.ended_at = ended_as, self.clock()
         if batch.provider == "anthropic":
             batch.results = _jsonl(_anthropic_line(r) for r in batch.requests)
+            return
+        if batch.provider == "gemini":  # its results are read from the batch itself (_gemini_view)
             return
         lines = [(r.outcome == SUCCEEDED, self._openai_line(r)) for r in batch.requests]
         batch.output_file_id = self._results_file(batch, "output", [line for ok, line in lines if ok])
@@ -570,6 +666,7 @@ class FakeBatches:
             model, texts, last_user, limit = _parse(provider, _json(body))
         except (ValueError, _BadRequest, AttributeError, TypeError) as exc:
             return 400, _error_body(provider, 400, f"invalid request: {exc}"), 0, 0
+        model = model or str(body.get("model", "")).removeprefix("models/")  # a Gemini request's "models/..."
         fixed = self._fake._reply_for(model, texts)
         text = fixed if fixed is not None else f"[{model}] " + last_user[:REPLY_PREFIX_CHARS]
         input_tokens, output_tokens, truncated = _tokens("\n".join(texts)), _tokens(text), False
@@ -619,6 +716,8 @@ class FakeBatches:
         status = batch.ended_as or "in_progress"
         if batch.provider == "anthropic":
             status = "ended" if batch.ended_as else "in_progress"
+        if batch.provider == "gemini":
+            status = _GEMINI_STATES.get(batch.ended_as, "BATCH_STATE_RUNNING")
         requests = tuple(SubmittedRequest(r.custom_id, r.model, r.body, r.outcome) for r in batch.requests)
         return SubmittedBatch(
             batch.id, batch.provider, status, requests, dict(batch.metadata), batch.reads, batch.api_key
@@ -766,3 +865,37 @@ def _jsonl(lines: Iterable[dict[str, Any]]) -> bytes:
 
 def _rfc3339(at: float | None) -> str | None:
     return None if at is None else datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+
+
+# ended_as -> Gemini's batch state
+_GEMINI_STATES = {
+    "completed": "BATCH_STATE_SUCCEEDED",
+    "expired": "BATCH_STATE_EXPIRED",
+    "cancelled": "BATCH_STATE_CANCELLED",
+    "failed": "BATCH_STATE_FAILED",
+}
+# An errored request's HTTP status -> the gRPC code of the google.rpc.Status its response carries
+_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 408: 4, 429: 8, 500: 13, 503: 14, 504: 4}
+
+
+def _gemini_request(index: int, entry: Any, model: str) -> _Request:
+    where = f"batch.inputConfig.requests.requests[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+        raise _Refused(400, f"{where}.request: an object is required")
+    metadata = entry.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _Refused(400, f"{where}.metadata: an object is required")
+    body = entry["request"]
+    named = str(body.get("model", "")).removeprefix("models/")
+    key = (metadata or {}).get("key")
+    return _Request(key if isinstance(key, str) and key else str(index), named or model, body, metadata=metadata)
+
+
+def _gemini_response(request: _Request) -> dict[str, Any]:
+    line: dict[str, Any] = {"metadata": request.metadata} if request.metadata is not None else {}
+    if request.outcome == SUCCEEDED:
+        return {"response": request.answer, **line}
+    if request.outcome == ERRORED:
+        message = (request.answer or {}).get("error", {}).get("message", "")
+        return {"error": {"code": _GRPC_CODES.get(request.status, 2), "message": message}, **line}
+    return line  # never run: expired or cancelled

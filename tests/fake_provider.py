@@ -69,7 +69,8 @@ so the same requests meet the same faults whatever the order they arrive in. It 
 `fail`/`fail_rate` and the rate limits.
 
 Batch APIs (tests/fake_batches.py, reached as `fake.batches`): Anthropic Message Batches
-(/v1/messages/batches...) and OpenAI Batch with its Files (/v1/batches..., /v1/files...). A batch's
+(/v1/messages/batches...), OpenAI Batch with its Files (/v1/batches..., /v1/files...) and Gemini batch
+mode with inline requests (/v1beta/models/{model}:batchGenerateContent, /v1beta/batches...). A batch's
 requests are answered as the routes above would answer them (reply rules, token counting, truncation;
 no rate limits, storm or fail/fail_rate), only when a test moves the batch: `end`, `end_partially`,
 `expire`, a cancel through the API, or with `auto_end_s` set the first GET that long after its

@@ -28,6 +28,10 @@ def batch_apis(policies: Policies, providers: ProviderPool, env: Mapping[str, st
             from worker.anthropic_batches import AnthropicBatches
 
             apis[name] = AnthropicBatches(api_key=key, base_url=base_url, name=name)
+        elif config.kind == "gemini":
+            from worker.gemini_batches import GeminiBatches
+
+            apis[name] = GeminiBatches(api_key=key, base_url=base_url, name=name)
         else:
             from worker.openai_batches import OpenAIBatches
 
