@@ -47,7 +47,7 @@ class App:
     _clickhouse: ClickHouse | None = field(default=None)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)  # this process's counters: /metrics (worker/health.py)
-    heartbeats: Heartbeats = field(default_factory=Heartbeats)  # the arq Workers /healthz watches
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)  # the arq Workers and loops /healthz watches
     _backlog: OutcomeBacklog | None = field(default=None)
 
     def producer(self, lane: Lane | None = None) -> Producer:

@@ -1,12 +1,13 @@
 """`ladder exporter`, and the metrics and probes endpoint of every long-running command.
 
-`--metrics-port N` on `ladder worker`, `ladder sink` and `ladder exporter` serves /metrics, /healthz
-and /readyz on 0.0.0.0:N (worker/health.py). The exporter is one small always-on replica that
-consumes nothing: it reads the queue depths of every queue, the sink's lag and the dead-letter
-stream from Redis when scraped. KEDA scales tier workers on its `ladder_queue_ready_jobs`, since a
-worker scaled to zero cannot report its own queue. It opens no ClickHouse (chdb allows one process
-per data folder), so its /readyz asks Redis only; and it connects lazily, so that it keeps serving,
-not ready, while Redis is away instead of restarting.
+`--metrics-port N` on `ladder worker`, `ladder sink`, `ladder batches run` and `ladder exporter`
+serves /metrics, /healthz and /readyz on 0.0.0.0:N (worker/health.py). The exporter is one small
+always-on replica that consumes nothing: it reads the queue depths of every queue, the sink's lag,
+the dead-letter stream and the batch lane's waiting jobs and open batches from Redis when scraped.
+KEDA scales tier workers on its `ladder_queue_ready_jobs`, since a worker scaled to zero cannot
+report its own queue. It opens no ClickHouse (chdb allows one process per data folder), so its
+/readyz asks Redis only; and it connects lazily, so that it keeps serving, not ready, while Redis is
+away instead of restarting.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ladder.keys import Keys
 from ladder.settings import EmbeddedRedis, Settings
 from policies.config import CLASSIFY_QUEUE, SHADOW_QUEUE, Policies
 from worker.health import ClickHouseCheck, ProbeServer, ReadyCheck
-from worker.metrics import DeadLetters, QueueDepth, RedisGauges, SinkLag
+from worker.metrics import BatchLaneGauges, DeadLetters, QueueDepth, RedisGauges, SinkLag
 
 log = structlog.get_logger("ladder.exporter")
 
@@ -45,7 +46,7 @@ def add_metrics_port(parser: argparse.ArgumentParser, default: int = 0) -> None:
 
 
 def add_exporter_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    x = sub.add_parser("exporter", help="serve queue depths, sink lag and dead letters to Prometheus (and KEDA)")
+    x = sub.add_parser("exporter", help="serve queue, sink, dead-letter and batch lane gauges to Prometheus (and KEDA)")
     add_metrics_port(x, EXPORTER_PORT)
 
 
@@ -81,6 +82,7 @@ async def run_exporter(settings: Settings, args: argparse.Namespace) -> int:
         QueueDepth(redis, keys, queue_names(settings.policies)),
         SinkLag(redis, keys, *stream_bound(settings.policies)),
         DeadLetters(redis, keys),
+        BatchLaneGauges(redis, keys, settings.policies.tier_names),
     ]
     server = ProbeServer(CollectorRegistry(), ready={"redis": redis.ping}, gauges=gauges)
     stop = asyncio.Event()
@@ -100,7 +102,8 @@ async def run_exporter(settings: Settings, args: argparse.Namespace) -> int:
 @contextlib.asynccontextmanager
 async def probes_served(app: App, args: argparse.Namespace) -> AsyncIterator[None]:
     """For the length of a command: its metrics and probes, when it was given --metrics-port.
-    A worker's liveness also needs its arq poll loop: cmd_worker hands the Worker to app.heartbeats."""
+    A worker's liveness also needs its arq poll loop: cmd_worker hands the Worker to app.heartbeats;
+    `ladder batches run` hands it the beat of the lane's loop."""
     port: int = getattr(args, "metrics_port", 0)
     if port <= 0:
         yield

@@ -37,7 +37,10 @@ KUBE_VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
 SECRET_VARS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "REDIS_URL", "CLICKHOUSE_URL")
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")
 METRICS_PORT = 9100
-NOT_AUTOSCALED = {"ladder-sink", "ladder-exporter"}
+NOT_AUTOSCALED = {"ladder-sink", "ladder-exporter", "ladder-batches"}
+# ladder/role of the Deployments that call a provider: the queue consumers ("worker": tier workers,
+# classifier, shadow, each autoscaled on its queue) and the batch lane (the providers' batch APIs).
+PROVIDER_ROLES = ("worker", "batch-lane")
 CRD_KINDS = ("ScaledObject", "PrometheusRule")
 
 Obj = dict[str, Any]
@@ -224,7 +227,8 @@ def test_the_alerts_read_only_metrics_ladder_serves(objs: list[Obj]) -> None:
     source = (ROOT / "worker" / "metrics.py").read_text(encoding="utf-8")
     served = set(re.findall(r'"(ladder_[a-z_]+)"', source))
     alerts = _alerts(objs)
-    assert {"LadderOutcomeStreamNearBound", "LadderWorkersStoppedClaiming", "LadderSinkCannotWrite"} <= set(alerts)
+    assert {"LadderOutcomeStreamNearBound", "LadderWorkersStoppedClaiming", "LadderSinkCannotWrite",
+            "LadderBatchOpenTooLong", "LadderBatchLaneNotRunning"} <= set(alerts)  # fmt: skip
     for name, rule in alerts.items():
         used = set(re.findall(r"\bladder_[a-z_]+", rule["expr"]))
         assert used, name
@@ -328,7 +332,7 @@ def test_no_secret_and_no_literal_secret_value_in_the_manifests(overlay: str, ob
 def test_provider_keys_reach_only_the_processes_that_call_providers(objs: list[Obj]) -> None:
     for name, d in _of_kind(objs, "Deployment").items():
         env = _env(_container(d))
-        calls_providers = d["metadata"]["labels"]["ladder/role"] == "worker"
+        calls_providers = d["metadata"]["labels"]["ladder/role"] in PROVIDER_ROLES
         for var in PROVIDER_KEYS:
             assert (var in env) == calls_providers, f"{name}: {var}"
             if calls_providers:
@@ -421,6 +425,18 @@ def test_autoscaling_leaves_replicas_to_keda_and_never_scales_the_exporter(overl
             assert trigger["metadata"]["ignoreNullValues"] == "false", f"{name}: a lost exporter would read as 0"
         if overlay == "dev":
             assert spec["maxReplicaCount"] <= 2, name
+
+
+def test_the_batch_lane_is_one_process_with_the_provider_keys_and_no_autoscaler(objs: list[Obj]) -> None:
+    lane = _of_kind(objs, "Deployment")["ladder-batches"]
+    container = _container(lane)
+    assert container["args"] == ["batches", "run", "--metrics-port", str(METRICS_PORT)]
+    # One replica, stopped before its successor starts: the lease in Redis would make a second wait.
+    assert lane["spec"]["replicas"] == 1 and lane["spec"]["strategy"] == {"type": "Recreate"}
+    assert "ladder-batches" not in _of_kind(objs, "ScaledObject")
+    assert set(PROVIDER_KEYS) <= set(_env(container)) and "CLICKHOUSE_URL" not in _env(container)
+    # SIGTERM ends the pass in hand (an upload, a large batch's results): more than a worker's 30 s.
+    assert 60 <= lane["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] <= 300
 
 
 def test_the_sink_strategy_follows_its_clickhouse(overlay: str, objs: list[Obj]) -> None:

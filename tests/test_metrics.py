@@ -30,7 +30,7 @@ from tests.pipeline import process
 from tests.processes import free_port, http_get
 from worker.clickhouse import ClickHouse
 from worker.health import Heartbeats, ProbeServer, reason
-from worker.metrics import DeadLetters, QueueDepth, SinkLag
+from worker.metrics import BatchLaneGauges, DeadLetters, QueueDepth, SinkLag
 from worker.tier_worker import tier_worker
 
 QUEUES = ["cheap", "standard", "premium", "classify", "shadow"]
@@ -118,6 +118,40 @@ async def test_sink_lag_and_dead_letters_come_from_the_streams(arq_redis: ArqRed
     assert _value(samples, "ladder_sink_stream_length") == 3
     assert 5 <= (_value(samples, "ladder_sink_oldest_pending_seconds") or 0) < 30
     assert _value(samples, "ladder_dead_letters") == 2
+
+
+async def test_batch_lane_gauges_count_waiting_jobs_open_batches_and_the_oldest_ones_age(
+    arq_redis: ArqRedis, keys: Keys
+) -> None:
+    gauges = BatchLaneGauges(arq_redis, keys, ["cheap", "standard", "premium"])
+    server = ProbeServer(CollectorRegistry(), ready={}, gauges=[gauges])
+    samples = _samples(await _metrics_page(server))
+    for tier in ("cheap", "standard", "premium"):
+        assert _value(samples, "ladder_batch_lane_waiting_jobs", tier=tier) == 0, tier
+    assert _value(samples, "ladder_batch_lane_open_batches") == 0
+    assert _value(samples, "ladder_batch_lane_oldest_open_seconds") == 0  # nothing open: 0, not absent
+    assert _value(samples, "ladder_batch_lane_lease_held") == 0
+
+    await arq_redis.rpush(keys.lane_pending("cheap"), b"t1", b"t2", b"t3")  # type: ignore[misc]
+    await arq_redis.rpush(keys.lane_pending("premium"), b"t4")  # type: ignore[misc]
+    await arq_redis.rpush(keys.lane_pending("other"), b"t5")  # type: ignore[misc]  # not a tier here
+    now = time.time()
+    await arq_redis.zadd(keys.lane_open, {"d-old": now - 7200, "d-new": now - 60})
+    await arq_redis.set(keys.lane_leader, b"holder", px=60_000)
+
+    samples = _samples(await _metrics_page(server))
+    waiting = {s[1][0][1]: v for s, v in samples.items() if s[0] == "ladder_batch_lane_waiting_jobs"}
+    assert waiting == {"cheap": 3, "standard": 0, "premium": 1}
+    assert _value(samples, "ladder_batch_lane_open_batches") == 2
+    assert 7200 <= (_value(samples, "ladder_batch_lane_oldest_open_seconds") or 0) < 7260  # the oldest draft
+    assert _value(samples, "ladder_batch_lane_lease_held") == 1
+
+    await arq_redis.zrem(keys.lane_open, "d-old", "d-new")
+    await arq_redis.delete(keys.lane_leader)
+    samples = _samples(await _metrics_page(server))
+    assert _value(samples, "ladder_batch_lane_open_batches") == 0
+    assert _value(samples, "ladder_batch_lane_oldest_open_seconds") == 0
+    assert _value(samples, "ladder_batch_lane_lease_held") == 0
 
 
 async def test_gauges_that_cannot_be_read_are_left_out_not_stale(arq_redis: ArqRedis, keys: Keys) -> None:
@@ -263,6 +297,9 @@ async def test_exporter_serves_queue_gauges_and_probes(
                 assert _value(samples, gauge, queue=queue) is not None, (gauge, queue)
         assert _value(samples, "ladder_sink_stream_length") == 0
         assert _value(samples, "ladder_dead_letters") == 0
+        for tier in policies.tier_names:
+            assert _value(samples, "ladder_batch_lane_waiting_jobs", tier=tier) == 0, tier
+        assert _value(samples, "ladder_batch_lane_open_batches") == 0
         assert await asyncio.to_thread(http_get, port, "/readyz") == (200, "ok\n")
         assert await asyncio.to_thread(http_get, port, "/healthz") == (200, "ok\n")
         _no_secret(page)

@@ -2,9 +2,9 @@
 
 The loop answers, not a thread: a blocked loop answers nothing, the kubelet's probe times out, and
 that is the liveness failure a blocked loop deserves. /healthz also fails (503) when a watched arq
-poll loop has gone quiet; /readyz fails (503, one line saying why) when Redis, or ClickHouse where
-the process writes to it, does not answer. Reasons name the exception, with any credentials in a
-URL masked; nothing here logs or serves a key.
+poll loop, or another watched loop (the batch lane's), has gone quiet; /readyz fails (503, one line
+saying why) when Redis, or ClickHouse where the process writes to it, does not answer. Reasons name
+the exception, with any credentials in a URL masked; nothing here logs or serves a key.
 """
 
 from __future__ import annotations
@@ -35,17 +35,46 @@ _CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
 TEXT = "text/plain; charset=utf-8"
 
 
+class LoopBeat:
+    """The pulse of a loop that is not an arq Worker (the batch lane): the loop calls it once a pass,
+    and once it has gone `max_age` seconds without a call the loop counts as stuck."""
+
+    def __init__(self, name: str, max_age: float, clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self._max_age = max_age
+        self._clock = clock
+        self._last = clock()  # a loop that has not begun its first pass gets its grace from here
+
+    def __call__(self) -> None:
+        self._last = self._clock()
+
+    def silence(self) -> str | None:
+        """None while the loop beats, else the reason."""
+        quiet = self._clock() - self._last
+        return f"{self.name}: loop silent for {quiet:.0f}s" if quiet > self._max_age else None
+
+
 class Heartbeats:
-    """Liveness of the arq Workers this process runs: each must have polled its queue lately."""
+    """Liveness of the arq Workers this process runs: each must have polled its queue lately; and of
+    the loops watched with `watch_loop`: each must have beaten within its own max age."""
 
     def __init__(self, max_age: float = POLL_MAX_AGE_S) -> None:
         self._max_age = max_age
         self._watched: list[tuple[Worker, float]] = []
+        self._loops: list[LoopBeat] = []
 
     def watch(self, worker: Worker) -> None:
         self._watched.append((worker, time.time()))
 
+    def watch_loop(self, beat: LoopBeat) -> LoopBeat:
+        """Watch a loop's beat; returns it, for the loop to call once a pass."""
+        self._loops.append(beat)
+        return beat
+
     def __call__(self) -> str | None:
+        for beat in self._loops:
+            if (silent := beat.silence()) is not None:
+                return silent
         now = time.time()
         for worker, since in self._watched:
             # arq's own beat (0.28, pinned): record_health stamps it from the poll loop only, at most

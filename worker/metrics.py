@@ -4,8 +4,8 @@ Counters and the rate-limit histogram count what this process did: every outcome
 (tier, classifier and shadow calls alike) and the sink's inserts. They are incremented where the
 row is written, after the write succeeded, so over a run they equal the outcome rows in ClickHouse.
 
-Gauges of shared state (queue depths, sink lag, dead letters) are read from Redis when scraped
-(`refresh`) and served from that snapshot (`collect`, which prometheus_client calls synchronously).
+Gauges of shared state (queue depths, sink lag, dead letters, the batch lane) are read from Redis
+when scraped (`refresh`) and served from that snapshot (`collect`, which prometheus_client calls synchronously).
 `ladder exporter` serves the queue gauges: a worker scaled to zero cannot report its own queue.
 Label values are tier, queue, provider, model, status and error class names: never a key or a URL.
 """
@@ -242,6 +242,48 @@ class DeadLetters(RedisGauges):
     async def read(self) -> list[Metric]:
         length = await self._redis.xlen(self._keys.deadletter)
         return [GaugeMetricFamily("ladder_dead_letters", "Entries in the dead-letter stream", value=int(length))]
+
+
+class BatchLaneGauges(RedisGauges):
+    """The batch lane's state (worker/batch_store.py): ladder_batch_lane_waiting_jobs{tier} (LLEN of
+    each tier's pending list), ladder_batch_lane_open_batches (ZCARD of the open set: drafted or
+    submitted, not done), ladder_batch_lane_oldest_open_seconds (Redis's clock minus the oldest open
+    batch's draft time; 0 when none is open) and ladder_batch_lane_lease_held (1 while a `ladder
+    batches run` process holds the lease it renews at the start of each pass). One pipeline a scrape,
+    O(1) per key."""
+
+    def __init__(self, redis: Redis, keys: Keys, tiers: Sequence[str]) -> None:
+        super().__init__()
+        self._redis = redis
+        self._keys = keys
+        self._tiers = list(tiers)
+
+    async def read(self) -> list[Metric]:
+        k = self._keys
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.zcard(k.lane_open)
+        pipe.zrange(k.lane_open, 0, 0, withscores=True)
+        pipe.exists(k.lane_leader)
+        for tier in self._tiers:
+            pipe.llen(k.lane_pending(tier))
+        clock, open_count, oldest, leased, *waiting = await pipe.execute()
+        age = max(0.0, clock[0] + clock[1] / 1e6 - float(oldest[0][1])) if oldest else 0.0
+        jobs = GaugeMetricFamily(
+            "ladder_batch_lane_waiting_jobs", "Batch-lane jobs waiting for a batch", labels=["tier"]
+        )
+        for tier, length in zip(self._tiers, waiting, strict=True):
+            jobs.add_metric([tier], int(length))
+        batches = GaugeMetricFamily(
+            "ladder_batch_lane_open_batches", "Batches drafted or submitted, not done", value=int(open_count)
+        )
+        oldest_open = GaugeMetricFamily(
+            "ladder_batch_lane_oldest_open_seconds", "Age of the oldest open batch, from its draft", value=age
+        )
+        lease = GaugeMetricFamily(
+            "ladder_batch_lane_lease_held", "1 while a batch lane process holds the lane's lease", value=int(leased)
+        )
+        return [jobs, batches, oldest_open, lease]
 
 
 def _text(value: bytes | str) -> str:
