@@ -20,11 +20,19 @@ from rich.console import Console
 from ladder.app import App
 from ladder.exporter_cmd import add_metrics_port
 from ladder.messages import LaneBatch
-from ladder.output import FORMATS, render
+from ladder.output import FORMATS
+from ladder.report import Table
+from ladder.report_cmd import print_tables
 from worker.batch_store import LaneStore
+from worker.health import LoopBeat
 
 log = structlog.get_logger("ladder")
 out = Console(width=None if sys.stdout.isatty() else 140)
+
+# /healthz fails once the loop has gone this long without starting a pass. A pass may upload a batch of
+# up to batch.max_bytes or read and settle a large batch's results, or wait out a slow provider's
+# timeouts; a restart only costs the pass in hand (state is in Redis).
+PASS_MAX_AGE_S = 15 * 60.0
 
 LIST_COLUMNS = ["draft", "tier", "model", "state", "requests", "answered", "to_sync", "submitted", "provider_batch"]
 
@@ -51,7 +59,8 @@ async def run_batches(app: App, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("batch lane started", burst=args.burst, eager=args.eager)
-    await lane.run(stop, burst=args.burst, eager=args.eager)
+    beat = app.heartbeats.watch_loop(LoopBeat("batch lane", PASS_MAX_AGE_S))
+    await lane.run(stop, burst=args.burst, eager=args.eager, beat=beat)
     log.info("batch lane stopped")
     return 0
 
@@ -59,9 +68,12 @@ async def run_batches(app: App, args: argparse.Namespace) -> int:
 async def _list(app: App, fmt: str) -> int:
     store = LaneStore(app.redis, app.keys)
     waiting = [(tier, await store.pending(tier)) for tier in app.settings.policies.tier_names]
-    render("batch lane: jobs waiting to be submitted", ["tier", "jobs"], waiting, fmt, out)
     batches = [b for d in await _recent_drafts(app) if (b := await store.record(d)) is not None]
-    render("batch lane: batches", LIST_COLUMNS, [_row(b) for b in batches], fmt, out)
+    print_tables(
+        [Table("batch lane: jobs waiting to be submitted", ["tier", "jobs"], waiting, []),
+         Table("batch lane: batches", LIST_COLUMNS, [_row(b) for b in batches], [])],
+        fmt,
+    )  # fmt: skip
     return 0
 
 

@@ -28,7 +28,7 @@ from tests.helpers import line
 from tests.pipeline import drain_workers
 from worker.batch_api import BatchRequest
 from worker.batch_apis import batch_apis
-from worker.batch_lane import BatchLane
+from worker.batch_lane import BatchLane, LeaseLost
 from worker.batch_store import custom_id, new_draft_id
 from worker.budget import BudgetBook
 from worker.clickhouse import ClickHouse
@@ -384,9 +384,10 @@ def test_a_tier_whose_model_has_no_batch_price_answers_batch_jobs_on_the_sync_la
     assert set(lanes.batch_models) == {"cheap", "standard"}
     assert "claude-3-5-sonnet-20241022" in lanes.unpriced["premium"] and "batch.discounts" in lanes.unpriced["premium"]
     assert lanes.on_tier(Lane.BATCH, "premium") is Lane.SYNC and lanes.on_tier(Lane.BATCH, "cheap") is Lane.BATCH
-    gemini = parse_policies(BATCH_TIERS.replace('provider = "openai", model = "gpt-4o-mini"', 'provider = "gemini", '
-                                                'model = "gemini-2.0-flash"', 1))  # fmt: skip
-    assert "cheap" not in Lanes(gemini).batch_models
+    local = parse_policies(BATCH_TIERS.replace('provider = "openai", model = "gpt-4o-mini"', 'provider = "vllm", '
+                                               'model = "gpt-4o-mini"', 1)
+                           + '\n[providers.vllm]\nkind = "openai"\nbase_url = "http://127.0.0.1:8000/v1"\n')  # fmt: skip
+    assert "cheap" not in Lanes(local).batch_models and "cheap" not in Lanes(local).unpriced  # no batch API there
 
 
 async def test_the_savings_report_shows_the_batch_lane_share_and_what_it_saved(
@@ -418,3 +419,43 @@ def test_keys_name_every_lane_key_under_the_prefix() -> None:
     assert keys.lane_pending("cheap") == "p:lane:pending:cheap"
     assert keys.lane_batch_tasks("d").startswith(keys.lane_batch("d"))
     assert ENCODER.encode(Lane.BATCH) == ENCODER.encode("batch")
+
+
+async def test_a_batch_the_provider_refuses_is_tried_again_then_its_jobs_go_to_the_sync_lane(
+    app: App, fake: FakeProvider
+) -> None:
+    fake.batches.anthropic_max_requests = 2  # Anthropic answers 400 to a batch of three
+    await app.producer(Lane.BATCH).submit(
+        [Job(id=f"L{i}", prompt=f"review {i}", feature="legal") for i in range(3)], "b13"
+    )
+    lane = lane_of(app)
+    [batch] = await lane.submit_due(eager=True)
+    assert batch.state == "drafted" and not fake.batches.submitted()
+    await lane.poll(force=True)  # the second refusal
+    assert not await app.redis.zcard(app.keys.queue("premium"))
+    await lane.poll(force=True)  # the third: the jobs go to the sync lane, their holds released
+    assert await app.redis.zcard(app.keys.queue("premium")) == 3 and await lane.idle()
+    assert not await app.redis.hlen(app.keys.budget_holds)
+    await drain_workers(app)
+    rows = await outcomes(app)
+    assert [(r.lane, r.status) for r in rows] == [(Lane.SYNC, Status.OK)] * 3
+
+
+async def test_a_process_that_lost_the_lease_sends_nothing_and_the_holder_sends_once(
+    app: App, fake: FakeProvider
+) -> None:
+    await app.producer(Lane.BATCH).submit(jobs(4), "b14")
+    stalled, other = lane_of(app), lane_of(app)
+    stalled._holder, other._holder = "stalled", "other"
+    assert await other.store.take_lease("other", 60)  # the stalled process's lease lapsed; another took it
+    with pytest.raises(LeaseLost):
+        await stalled.submit_due(eager=True)  # drafted, but not sent
+    assert not fake.batches.submitted()
+    await other.poll(force=True)  # the holder recovers the draft: nothing at the provider, so it sends it
+    assert [len(b.requests) for b in fake.batches.submitted()] == [4]
+    fake.batches.end()
+    with pytest.raises(LeaseLost):
+        await stalled.poll(force=True)  # asking whether it ended is harmless; settling it is the holder's
+    assert not await outcomes(app)
+    await other.poll(force=True)
+    assert len(final_rows(await outcomes(app))) == 4 and len(fake.batches.submitted()) == 1

@@ -3,6 +3,7 @@ ends once, each billed request has exactly one row, and no budget money is count
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections import Counter
@@ -67,6 +68,10 @@ def test_a_lane_process_killed_mid_results_and_restarted_settles_every_request_o
     assert total <= spent < total + JOBS * type(total)("1e-9")  # each cost rounded up to a nano-dollar
     assert not db.hlen(KEYS.budget_holds)  # every hold settled (none left to expire in a day)
     assert not db.zcard(KEYS.lane_open) and not db.exists(KEYS.lane_batch_tasks(_done_draft(db)))
+    waiting, listed = json.loads(ladder(cli_env, "batches", "list", "--format", "json").stdout)["tables"]
+    assert waiting["rows"] == [{"tier": t, "jobs": 0} for t in ("cheap", "standard", "premium")]
+    [done] = listed["rows"]
+    assert done["state"] == "done" and done["requests"] == JOBS and done["answered"] == JOBS and done["to_sync"] == 0
 
 
 def _only_draft(db: redis.Redis) -> str:

@@ -1,4 +1,5 @@
-"""The one seam between Ladder and a provider's batch API (Anthropic Message Batches, OpenAI Batch).
+"""The one seam between Ladder and a provider's batch API (Anthropic Message Batches, OpenAI Batch,
+Gemini batch mode).
 
 Each SDK's batch endpoints live in their own module behind `BatchAPI`, as the synchronous calls do
 behind `worker.provider.Provider`; each maps its SDK's exceptions into `worker.provider`'s classes,
@@ -6,7 +7,7 @@ and each item's result into a `BatchItem`, so nothing above this layer imports a
 
 A batch is known to Ladder by its draft id (worker/batch_store.py), made before the provider is asked,
 and to the provider by the id `submit` returns. Each request's custom id is the draft id and the
-request's index, so results map back whatever order they come in.
+request's index (Gemini: the request's metadata key), so results map back whatever order they come in.
 """
 
 from __future__ import annotations

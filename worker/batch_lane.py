@@ -47,8 +47,11 @@ from worker.steps import Call, request_for
 log = structlog.get_logger("ladder.batches")
 
 SETTLE_CONCURRENCY = 64  # requests of an ended batch settled at once
+LEASE_EVERY = 64 * 16  # settled requests between lease renewals while a batch's results are read
 MAX_SUBMIT_FAILURES = 3  # a draft the provider refuses this often goes to the sync lane
-LEASE_S = 60.0
+# The lease is renewed before every provider action, so only a single action outlasting it (a very
+# slow upload) could let a second process in; a crashed process's successor waits this long.
+LEASE_S = 300.0
 # A hold must outlive the batch: the provider's window, Ladder's cancel, and the reading of results.
 HOLD_MARGIN_S = 2 * 3600
 
@@ -93,6 +96,7 @@ class BatchLane:
         self._first_seen: dict[str, float] = {}  # tier -> when this process first saw jobs waiting
         self._polled: dict[str, float] = {}  # draft -> when this process last asked the provider
         self._refusals: dict[str, int] = {}  # draft -> submissions the provider refused
+        self._holder = ""  # the lease this process holds while it runs (run); "" when driven directly
 
     # ---- submit ---------------------------------------------------------------------------------
 
@@ -162,6 +166,7 @@ class BatchLane:
         batch = msgspec.structs.replace(batch, size=len(kept))
         await self.store.save(batch)
         requests = [BatchRequest(custom_id(draft, i), request_for(t.job, batch.model)) for i, t in sorted(kept.items())]
+        await self._still_leading()
         try:
             provider_id = await self._apis[batch.provider].submit(requests, draft)
         except ProviderError as e:
@@ -178,6 +183,7 @@ class BatchLane:
     async def _refused(self, batch: LaneBatch, kept: dict[int, TierTask], error: ProviderError) -> None:
         failures = self._refusals.get(batch.draft, 0) + 1
         self._refusals[batch.draft] = failures
+        self._polled[batch.draft] = self._clock()  # tried again a poll interval from now
         log.warning("batch submission failed", draft=batch.draft, provider=batch.provider, model=batch.model,
                     error_class=error.error_class, error=str(error)[:300], failures=failures)  # fmt: skip
         if isinstance(error, Transient) or failures < MAX_SUBMIT_FAILURES:
@@ -218,11 +224,14 @@ class BatchLane:
             batch = await self.store.record(draft)
             if batch is None:
                 continue
+            # A draft left by a failed submission is tried again at the same pace as batches are polled.
+            if not force and self._clock() - self._polled.get(draft, 0.0) < self.policies.batch.poll_interval_s:
+                continue
+            self._polled[draft] = self._clock()
             try:
                 if batch.state == "drafted":
                     await self._recover(batch)
-                elif force or self._clock() - self._polled.get(draft, 0.0) >= self.policies.batch.poll_interval_s:
-                    self._polled[draft] = self._clock()
+                else:
                     settled += await self._follow(batch)
             except ProviderError as e:
                 log.warning("batch provider call failed; tried again next pass", draft=draft, provider=batch.provider,
@@ -238,6 +247,7 @@ class BatchLane:
                 "batch lane: no batch API for a drafted batch's provider", draft=batch.draft, provider=batch.provider
             )
             return
+        await self._still_leading()
         if batch.size:
             found = await api.find(batch.draft, batch.size, batch.drafted_at, await self.store.known_provider_ids())
             if found is not None:
@@ -271,7 +281,9 @@ class BatchLane:
         indices = set(await self.store.indices(batch.draft))
         seen: set[int] = set()
         answered = settled = 0
+        renew_at = LEASE_EVERY
         chunk: list[tuple[int, BatchItem]] = []
+        await self._still_leading()
         async for item in api.results(batch.provider_batch_id):
             index = request_index(batch.draft, item.custom_id)
             if index is None or index not in indices or index in seen:
@@ -282,6 +294,9 @@ class BatchLane:
             if len(chunk) >= SETTLE_CONCURRENCY:
                 settled += await self._settle_chunk(batch, chunk, ended)
                 chunk = []
+                if len(seen) >= renew_at:
+                    await self._still_leading()
+                    renew_at += LEASE_EVERY
         missing = BatchExpired("the batch ended without a result for this request")
         chunk += [(i, BatchItem(custom_id(batch.draft, i), None, missing)) for i in sorted(indices - seen)]
         for start in range(0, len(chunk), SETTLE_CONCURRENCY):
@@ -329,17 +344,35 @@ class BatchLane:
 
     # ---- the loop -------------------------------------------------------------------------------
 
+    async def _still_leading(self) -> None:
+        """Renew the lease before a provider action; another process holding it (this one stalled past
+        LEASE_S) stops this pass, so no draft is sent or adopted by two processes at once."""
+        if self._holder and not await self.store.take_lease(self._holder, LEASE_S):
+            raise LeaseLost("another batch lane process holds the lease")
+
     async def idle(self) -> bool:
         """Nothing waits and no batch is open."""
         pending = [await self.store.pending(t) for t in self.policies.tier_names]
         return not any(pending) and not await self.store.open_drafts()
 
-    async def run(self, stop: asyncio.Event, *, burst: bool = False, eager: bool = False, tick_s: float = 1.0) -> None:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        burst: bool = False,
+        eager: bool = False,
+        tick_s: float = 1.0,
+        beat: Callable[[], None] | None = None,
+    ) -> None:
         """Submit and poll until `stop` is set (with `burst`: until idle). Only the lease holder works;
-        another process waits its turn, so a second replica or a rolling update is safe."""
+        another process waits its turn, so a second replica or a rolling update is safe. `beat` is called
+        at the start of every pass, working or waiting (for the lease, for Redis): /healthz watches it."""
         holder, backoff = uuid.uuid4().hex, tick_s
+        self._holder = holder
         try:
             while not stop.is_set():
+                if beat is not None:
+                    beat()
                 try:
                     if await self.store.take_lease(holder, LEASE_S):
                         await self.submit_due(eager)
@@ -350,11 +383,17 @@ class BatchLane:
                 except REDIS_DOWN as e:
                     backoff = min(backoff * 2, 5.0)
                     log.warning("batch lane: Redis unavailable; waiting", error=str(e)[:200], retry_in_s=backoff)
+                except LeaseLost:
+                    log.warning("batch lane: lease lost to another process mid-pass; waiting for it")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
         finally:
             with contextlib.suppress(*REDIS_DOWN):
                 await self.store.release_lease(holder)
+
+
+class LeaseLost(Exception):
+    pass
 
 
 # Requests the provider did not answer, through no fault of the job: answered on the sync lane.

@@ -3,6 +3,10 @@
 ok: the job record becomes final. failed: the job is queued one tier up with its attempt history,
 or, on the top tier, goes to the dead-letter stream. Everything in one MULTI/EXEC, so an outcome
 is streamed exactly when the job moved, and a task marked settled is never billed again.
+
+A batch-lane request's result may be read more than once (a restarted lane process): `settle_once`
+and `fall_back` (an unanswered request, back to its tier's sync queue) check the task's settled mark
+inside the transaction (WATCH), so a second reading settles nothing.
 """
 
 from __future__ import annotations
