@@ -195,6 +195,9 @@ class BatchLane(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Past this long after submission an open batch is canceled (what it answered is kept; the rest
     # goes to the sync lane). Above the providers' own 24 h window, which normally ends it first.
     cancel_after_s: int = 25 * 3600
+    # One lane process works at a time, holding a lease it renews before every provider action: a
+    # crashed one's successor waits this long. Keep it above the slowest single upload of a batch.
+    lease_s: float = 60.0
     # Share taken off the synchronous price (0.5: half price), by model. Where a model is not named
     # here, genai-prices' batch price is used; a batch model with neither stops start-up.
     discounts: dict[str, Decimal] = {}
@@ -474,6 +477,7 @@ def _check_batch(p: Policies) -> Policies:
         "batch.max_bytes": b.max_bytes,
         "batch.poll_interval_s": b.poll_interval_s,
         "batch.cancel_after_s": b.cancel_after_s,
+        "batch.lease_s": b.lease_s,
     }
     for field, value in positive.items():
         if not value > 0:

@@ -28,7 +28,8 @@ JOBS = 6000
 @pytest.fixture
 def policies_file(tmp_path: Path) -> Path:
     path = tmp_path / "policies.toml"
-    path.write_text(BATCH_TIERS.replace("poll_interval_s = 3600", "poll_interval_s = 0.2") + SONNET_DISCOUNT)
+    lane = "poll_interval_s = 0.2\nlease_s = 3  # the killed process's lease: what its successor waits"
+    path.write_text(BATCH_TIERS.replace("poll_interval_s = 3600", lane) + SONNET_DISCOUNT)
     return path
 
 

@@ -49,9 +49,6 @@ log = structlog.get_logger("ladder.batches")
 SETTLE_CONCURRENCY = 64  # requests of an ended batch settled at once
 LEASE_EVERY = 64 * 16  # settled requests between lease renewals while a batch's results are read
 MAX_SUBMIT_FAILURES = 3  # a draft the provider refuses this often goes to the sync lane
-# The lease is renewed before every provider action, so only a single action outlasting it (a very
-# slow upload) could let a second process in; a crashed process's successor waits this long.
-LEASE_S = 300.0
 # A hold must outlive the batch: the provider's window, Ladder's cancel, and the reading of results.
 HOLD_MARGIN_S = 2 * 3600
 
@@ -346,8 +343,8 @@ class BatchLane:
 
     async def _still_leading(self) -> None:
         """Renew the lease before a provider action; another process holding it (this one stalled past
-        LEASE_S) stops this pass, so no draft is sent or adopted by two processes at once."""
-        if self._holder and not await self.store.take_lease(self._holder, LEASE_S):
+        batch.lease_s) stops this pass, so no draft is sent or adopted by two processes at once."""
+        if self._holder and not await self.store.take_lease(self._holder, self.policies.batch.lease_s):
             raise LeaseLost("another batch lane process holds the lease")
 
     async def idle(self) -> bool:
@@ -374,7 +371,7 @@ class BatchLane:
                 if beat is not None:
                     beat()
                 try:
-                    if await self.store.take_lease(holder, LEASE_S):
+                    if await self.store.take_lease(holder, self.policies.batch.lease_s):
                         await self.submit_due(eager)
                         await self.poll()
                         if burst and await self.idle():

@@ -25,6 +25,7 @@ from ladder.messages import (
     ENCODER,
     Attempt,
     DeadLetter,
+    JobRecord,
     Lane,
     Outcome,
     RouteDecision,
@@ -187,9 +188,7 @@ class Settler:
         letter = DeadLetter(job.id, task.batch, outcome.error_message, attempts, job)
         counts = self._keys.batch_counts(task.batch)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(self._keys.outcomes, {"e": ENCODER.encode(outcome)})
-        pipe.set(self._keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
-        pipe.set(self._keys.job(job.id), ENCODER.encode(record), px=self._record_ttl_ms)
+        self._settled(pipe, task_id, outcome, record)
         pipe.xadd(self._keys.deadletter, {"d": ENCODER.encode(letter)})
         pipe.hincrby(counts, Status.DEAD.value, 1)
         pipe.hincrby(counts, "final", 1)
@@ -241,6 +240,12 @@ class Settler:
         self._metrics.record_outcome(outcome)
         return status
 
+    def _settled(self, pipe: Any, task_id: str, outcome: Outcome, record: JobRecord) -> None:
+        """What every settle writes: the outcome row, the task's settled mark, the job's record."""
+        pipe.xadd(self._keys.outcomes, {"e": ENCODER.encode(outcome)})
+        pipe.set(self._keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
+        pipe.set(self._keys.job(outcome.job_id), ENCODER.encode(record), px=self._record_ttl_ms)
+
     def _falling_back(
         self, pipe: Any, task_id: str, call: Call, error: ProviderError, simulated: bool
     ) -> tuple[Status, Outcome]:
@@ -249,9 +254,7 @@ class Settler:
         moved = msgspec.structs.replace(task, attempts=attempts, lane=Lane.SYNC)
         outcome = outcome_event(call, Status.FAILOVER, error, None, simulated)
         record = job_record(moved, "queued", tier=call.tier, path=[_path_entry(a) for a in attempts])
-        pipe.xadd(keys.outcomes, {"e": ENCODER.encode(outcome)})
-        pipe.set(keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
-        pipe.set(keys.job(task.job.id), ENCODER.encode(record), px=self._record_ttl_ms)
+        self._settled(pipe, task_id, outcome, record)
         add_to_queue(pipe, keys, moved)
         return Status.FAILOVER, outcome
 
@@ -287,9 +290,7 @@ class Settler:
             reason=str(error)[:ERROR_MESSAGE_CHARS] if error and status is Status.DEAD else "",
             simulated=simulated,
         )
-        pipe.xadd(keys.outcomes, {"e": ENCODER.encode(outcome)})
-        pipe.set(keys.settled(task_id), b"1", ex=SETTLED_TTL_S)
-        pipe.set(keys.job(task.job.id), ENCODER.encode(record), px=self._record_ttl_ms)
+        self._settled(pipe, task_id, outcome, record)
         counts = keys.batch_counts(task.batch)
         if status is Status.ESCALATED and next_tier is not None:
             reason = f"{error.error_class if error else 'failed'} on {call.tier}"
