@@ -76,6 +76,9 @@ def test_a_worker_killed_mid_call_leaves_its_jobs_to_run_again_after_their_timeo
     killed = processes(env, tmp_path / "killed.log", *worker_args(5, 24))
     processes(env, tmp_path / "survivor.log", *worker_args(5, 24))
     wait_for(lambda: counts(db)["final"] >= 20, 60, "some jobs done")
+    # Each worker holds at most 24: more in flight means the one to kill has calls in flight too (it
+    # may start seconds after the survivor, which could otherwise have done the first jobs alone).
+    wait_for(lambda: len(in_progress(db)) > 24, 60, "both workers with calls in flight")
     killed.kill()
     killed_at = time.time()
     locked = {k.decode().removeprefix(IN_PROGRESS).split("~")[0] for k in in_progress(db)}

@@ -103,6 +103,8 @@ class BatchLane:
         for tier in self.policies.tier_names:
             while (batch := await self._submit_tier(tier, eager)) is not None:
                 submitted.append(batch)
+                if batch.state == "drafted":  # the provider refused it: the tier's other jobs wait
+                    break
         return submitted
 
     async def _submit_tier(self, tier: str, eager: bool) -> LaneBatch | None:
