@@ -111,7 +111,11 @@ _FINISHED = rollup_query(
     f"sumIf(jobs, status = '{DEAD}') AS dead_jobs",
     f"AND {MODEL_CALLS} GROUP BY tier",
 )
-_TOTALS = rollup_query(f"SELECT {_ACTUAL} AS actual,\n{_ALL_TOP} AS all_top_tier")
+_TOTALS = rollup_query(
+    f"SELECT {_ACTUAL} AS actual,\n{_ALL_TOP} AS all_top_tier,\n{SAVINGS_FIGURES['jobs']} AS all_jobs,\n"
+    f"{SAVINGS_FIGURES['batch_jobs']} AS lane_jobs,\n"
+    f"{SAVINGS_FIGURES['batch_sync_cost']} - {SAVINGS_FIGURES['batch_cost']} AS lane_saved"
+)
 
 
 def queries(tiers: Sequence[str]) -> dict[str, str]:
@@ -136,7 +140,8 @@ def queries(tiers: Sequence[str]) -> dict[str, str]:
             "GROUP BY time ORDER BY time",
         ),
         "savings_total": (
-            f'SELECT actual AS spend, all_top_tier - actual AS saved, {_ratio("saved", "all_top_tier")} AS "saved %"\n'
+            f'SELECT actual AS spend, all_top_tier - actual AS saved, {_ratio("saved", "all_top_tier")} AS "saved %",\n'
+            f'{_ratio("lane_jobs", "all_jobs")} AS "batch lane jobs %", lane_saved AS "saved by batch lane"\n'
             f"FROM (\n{_TOTALS}\n)"
         ),
         "routing_split": (

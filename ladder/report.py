@@ -348,12 +348,16 @@ class Reports:
 
     def latency(self, filters: Filters) -> Table:
         rows = self._rows(
-            f"SELECT {SPEND_BY['model']} AS m, tier, sum(calls), {LATENCY_QUANTILES}",
+            f"SELECT {SPEND_BY['model']} AS m, tier, sum(calls) - sum(batch_calls), {LATENCY_QUANTILES}",
             filters,
-            "AND error_class != {over_budget:String} GROUP BY m, tier ORDER BY m, tier",
+            "AND error_class != {over_budget:String} GROUP BY m, tier HAVING sum(calls) > sum(batch_calls) "
+            "ORDER BY m, tier",
         )
         out = [(m, tier, int(calls), *(round(float(q), 1) for q in qs)) for m, tier, calls, qs in rows]
-        notes = ["milliseconds per provider call (t-digest estimates), failed calls included"]
+        notes = [
+            "milliseconds per provider call (t-digest estimates), failed calls included; batch-lane requests "
+            "left out (a batch's turnaround is not a call's latency)"
+        ]
         return Table(f"latency by model and tier ({filters.describe()})", ["model", "tier", "calls", "p50_ms",
                                                                           "p95_ms", "p99_ms"], out, notes)  # fmt: skip
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ladder.dashboard import ALL, PLUGIN, dashboard, render
-from ladder.messages import Outcome, RouteSource, Routing, Score, Status
+from ladder.messages import Lane, Outcome, RouteSource, Routing, Score, Status
 from ladder.report import Filters, Reports
 from ladder.report_scores import routing_accuracy
 from policies.config import default_policies_text, parse_policies
@@ -137,6 +137,8 @@ def _data() -> list[Outcome]:
         outcome(customer="globex", status=Status.DEAD, error_class="over_budget", cost=Decimal(0), latency_ms=0.0,
                 input_tokens=0, output_tokens=0, counterfactual_cost=Decimal(0), middle_tier_cost=Decimal(0),
                 finished_at=at("2026-11-05")),
+        outcome(customer="globex", event_id="lane#1", job_id="lane", lane=Lane.BATCH, cost=Decimal("0.02"),
+                sync_cost=Decimal("0.04"), latency_ms=3_600_000.0, finished_at=at("2026-11-05")),  # batch lane
         outcome(finished_at=at("2026-10-31", 23), cost=Decimal("5")),  # outside the time range
         outcome(finished_at=at("2026-12-01", 0), cost=Decimal("7")),  # outside too
         shadow_call("esc1", cost="0.04"),
@@ -214,6 +216,9 @@ def test_savings_panels_give_the_savings_report(loaded: tuple[ClickHouse, Report
     assert (total["spend"], total["saved"], total["saved %"]) == tuple(figures[-1][k] for k in ("actual", "saved",
                                                                                                "saved_%"))  # fmt: skip
     assert total["saved"] > 0
+    assert (total["batch lane jobs %"], total["saved by batch lane"]) == (figures[-1]["batch_jobs_%"],
+                                                                         figures[-1]["batch_saved"])  # fmt: skip
+    assert figures[-1]["batch_saved"] == {"": Decimal("0.02"), "globex": Decimal("0.02")}[customer]
     assert figures[-1]["shadow_cost"] == {"": Decimal("0.09"), "globex": 0}[customer]
 
 
@@ -265,3 +270,13 @@ def test_routing_accuracy_panel_gives_the_reports_accuracy_and_the_drift_line(
     steps = by_title("Routing accuracy by day")["fieldConfig"]["defaults"]["thresholds"]["steps"]
     minimum = parse_policies(default_policies_text()).drift.min_routing_accuracy
     assert steps[-1]["value"] == minimum * 100
+
+
+def test_a_batch_lane_request_counts_in_spend_but_not_in_latency(loaded: tuple[ClickHouse, Reports]) -> None:
+    _, reports = loaded
+    globex = Filters(SINCE, UNTIL, customer="globex")
+    latency = reports.latency(globex)
+    assert latency.rows and all(row[5] < 3_600_000 for row in latency.rows)  # p99 under the batch's hour
+    calls = {(r[0], r[1]): r[2] for r in latency.rows}
+    spend = {r[0]: r[1] for r in reports.spend(globex, "model").rows}
+    assert sum(calls.values()) == spend["TOTAL"] - 1 - 1  # less the batch request and the over-budget refusal
