@@ -12,6 +12,9 @@ tokens are estimate_tokens(job text); output tokens are the job's `max_output_to
 bound. A classifier call is its prompt's tokens plus the job's text (cut as the worker cuts it) in,
 and a small fixed answer out; repeated prompts share the worker's decision cache, so the count of
 calls is an upper bound too.
+
+With the batch lane on, a second scenario prices the same split with every job sent through it: each
+tier's jobs at its batch model's batch price (a tier without one at its synchronous price).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import msgspec
 from ladder.messages import Job
 from policies.config import CLASSIFY_QUEUE, Candidate, Policies
 from policies.injection import steering_attempt
+from policies.lanes import Lanes
 from policies.prices import PriceBook
 from policies.rules import RuleRouter
 from policies.tokens import estimate_tokens
@@ -178,6 +182,10 @@ class Estimator:
         fixed = {t.name: self._all_on(t.candidates[0], by_size) for t in p.tiers}
         top = fixed[p.top_tier.name]
         scenarios = [_scenario("current policies", jobs_cost, routing, top)]
+        lanes = Lanes(p, self._book)
+        if lanes.batch_models:
+            batched = sum((self._on_batch_lane(t.name, t.candidates[0], lanes) for t in p.tiers), Decimal(0))
+            scenarios.append(_scenario("current policies, batch lane", batched, routing, top))
         scenarios += [_scenario(f"all on {name}", cost, Decimal(0), top) for name, cost in fixed.items()]
         return Estimate(
             jobs=sum(t.jobs for t in tiers),
@@ -206,6 +214,13 @@ class Estimator:
             output_tokens=sum(o * n for _, o, n in groups),
             cost=sum((self._book.cost(candidate, i, o) * n for i, o, n in groups), Decimal(0)),
         )
+
+    def _on_batch_lane(self, tier: str, candidate: Candidate, lanes: Lanes) -> Decimal:
+        groups = [(i, o, n) for (t, i, o), n in self._groups.items() if t == tier]
+        model = lanes.batch_models.get(tier)
+        if model is None:
+            return sum((self._book.cost(candidate, i, o) * n for i, o, n in groups), Decimal(0))
+        return sum((self._book.batch_cost(model, i, o) * n for i, o, n in groups), Decimal(0))
 
     def _all_on(self, candidate: Candidate, by_size: Counter[tuple[int, int]]) -> Decimal:
         return sum((self._book.cost(candidate, i, o) * n for (i, o), n in by_size.items()), Decimal(0))

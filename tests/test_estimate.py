@@ -324,3 +324,21 @@ def test_a_provider_embedder_is_not_called_and_the_band_stays_undecided(
     assert (e["embedded"], e["undecided"], e["classifier_calls"]) == (0, 3, 3)
     notes = report["notes"]
     assert isinstance(notes, list) and any("a provider call this estimate does not make" in n for n in notes)
+
+
+def test_with_batch_discounts_the_estimate_adds_the_batch_lane_scenario() -> None:
+    # Every model here has a price override: a batch price needs its discount named (the standard tier's
+    # is left out, so that tier stays at its synchronous price).
+    discounts = '\n[batch.discounts]\n"claude-3-5-haiku-20241022" = "0.5"\n"claude-3-5-sonnet-20241022" = "0.4"\n'
+    jobs = [Job(id=str(i), prompt="q" * 40, max_output_tokens=100) for i in range(3)]  # cheap, 10 tokens in
+    jobs += [Job(id="p", prompt="review", feature="code-review", max_output_tokens=100)]  # premium
+    jobs += [Job(id="s", prompt="analyze this", max_output_tokens=100)]  # standard
+    scenarios = by_name(estimate_module.estimate(parse_policies(THREE + discounts), jobs))
+    premium_tokens = estimate_tokens("review")
+    synchronous = 3 * usd("cheap", 10, 100) + usd("premium", premium_tokens, 100) + usd("standard", 3, 100)
+    assert scenarios["current policies"] == synchronous
+    batched = (
+        3 * usd("cheap", 10, 100) / 2 + usd("premium", premium_tokens, 100) * Decimal("0.6") + usd("standard", 3, 100)
+    )
+    assert scenarios["current policies, batch lane"] == batched
+    assert "current policies, batch lane" not in by_name(estimate_module.estimate(parse_policies(THREE), jobs))
