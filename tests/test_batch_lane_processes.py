@@ -1,5 +1,6 @@
-"""The batch lane's process SIGKILLed while it settles a batch's results, then started again: every job
-ends once, each billed request has exactly one row, and no budget money is counted twice."""
+"""The batch lane as a user runs it, `ladder` processes: one SIGKILLed while it settles a batch's
+results, then started again (every job ends once, each billed request has exactly one row, and no
+budget money is counted twice), `ladder batches list`, and `--lane batch` refused when the lane is off."""
 
 from __future__ import annotations
 
@@ -84,3 +85,16 @@ def _done_draft(db: redis.Redis) -> str:
     prefix = KEYS.lane_batch("")
     names = [k.decode().removeprefix(prefix) for k in db.scan_iter(match=prefix + "*")]
     return next(n for n in names if ":" not in n)
+
+
+def test_lane_batch_on_a_policies_file_that_turned_the_lane_off_is_refused_with_why(
+    cli_env: dict[str, str], tmp_path: Path, db: redis.Redis
+) -> None:
+    policies = tmp_path / "off.toml"
+    policies.write_text(BATCH_TIERS.replace("[batch]\n", "[batch]\nenabled = false\n") + SONNET_DISCOUNT)
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(line(id="a", prompt="p") + "\n")
+    env = dict(cli_env, LADDER_POLICIES=str(policies))
+    result = ladder(env, "enqueue", str(path), "--batch", "off", "--lane", "batch", check=False)
+    assert result.returncode == 2 and "the batch lane is off in the policies" in result.stderr
+    assert not db.exists(KEYS.job("a"))  # nothing queued
