@@ -49,9 +49,10 @@ def arq_payload(task: TierTask, now_ms: int) -> bytes:
 
 
 # One blob per chunk instead of nine arguments per job: redis-py's per-argument packing was the
-# bulk of enqueue time. Each job in the blob is four length-prefixed fields: job id, queue name,
-# task id, record, arq payload, lane. A batch-lane job's payload is its encoded task, pushed on its tier's
-# pending list for the batch submitter instead of an arq queue. Queue writes and counters are grouped per chunk.
+# bulk of enqueue time. Each job in the blob is six length-prefixed fields: job id, queue name,
+# task id, record, payload, lane ("sync" | "batch"). A sync job's payload is its arq job; a batch-lane
+# job's is its encoded task, pushed on its tier's pending list for the batch submitter instead of an
+# arq queue. Queue writes and counters are grouped per chunk.
 # KEYS: batch ids list, batch counts hash.
 # ARGV: record ttl ms, arq ttl ms, score, job key prefix, blob, queue key prefix, arq job key prefix,
 #       pending list key prefix.
@@ -137,7 +138,7 @@ class Enqueuer:
                 _field(task_id(task).encode()),
                 _field(ENCODER.encode(record)),
                 _field(ENCODER.encode(task) if batched else arq_payload(task, now_ms)),
-                _field(task.lane.value.encode() if batched else b"sync"),
+                _field(b"batch" if batched else b"sync"),
             ]
         keys = [self.keys.batch_ids(batch), self.keys.batch_counts(batch)]
         blob = b"".join(parts)
