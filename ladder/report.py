@@ -250,6 +250,10 @@ class Reports:
             "batch_jobs: jobs settled through a provider batch API (the batch lane); batch_saved: what those calls "
             "would have cost at the synchronous price, less their batch price (included in saved)",
         ]
+        if out and out[-1][-3]:  # the lane's figures in a sentence too: the last columns of a wide table
+            total = out[-1]
+            notes.append(f"batch lane: {total[-3]:,} of {total[1]:,} jobs ({total[-2]}%), "
+                         f"{money_text(total[-1])} saved against the synchronous price")  # fmt: skip
         return Table(f"savings by day ({filters.describe()})", columns, out, notes)
 
     def routing(self, filters: Filters) -> list[Table]:

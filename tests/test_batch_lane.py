@@ -410,6 +410,7 @@ async def test_the_savings_report_shows_the_batch_lane_share_and_what_it_saved(
     batch_rows = [r for r in rows if r.lane is Lane.BATCH]
     assert total["batch_saved"] == sum((r.sync_cost - r.cost for r in batch_rows), Decimal(0)) > 0
     assert total["actual"] == sum((r.cost for r in rows), Decimal(0))
+    assert table.notes[-1].startswith("batch lane: 8 of 12 jobs (66.7%), $") and "synchronous price" in table.notes[-1]
     latency = Reports(clickhouse, app.settings.policies).latency(Filters(batch="b12"))
     assert latency.rows  # sync rows only: a batch's turnaround is not a call's latency
 
