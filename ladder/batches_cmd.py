@@ -34,7 +34,9 @@ out = Console(width=None if sys.stdout.isatty() else 140)
 # timeouts; a restart only costs the pass in hand (state is in Redis).
 PASS_MAX_AGE_S = 15 * 60.0
 
-LIST_COLUMNS = ["draft", "tier", "model", "state", "requests", "answered", "to_sync", "submitted", "provider_batch"]
+LIST_COLUMNS = [
+    "draft", "tier", "model", "state", "requests", "answered", "to_sync", "failed", "submitted", "provider_batch",
+]  # fmt: skip
 
 
 def add_batches_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,5 +94,5 @@ async def _recent_drafts(app: App) -> list[str]:
 
 def _row(b: LaneBatch) -> tuple[object, ...]:
     submitted = datetime.fromtimestamp(b.submitted_at, UTC).strftime("%Y-%m-%d %H:%M:%S") if b.submitted_at else ""
-    return (b.draft, b.tier, f"{b.provider}/{b.model}", b.state, b.size, b.answered, b.fell_back, submitted,
+    return (b.draft, b.tier, f"{b.provider}/{b.model}", b.state, b.size, b.answered, b.fell_back, b.failed, submitted,
             b.provider_batch_id)  # fmt: skip

@@ -279,6 +279,7 @@ class LaneBatch(msgspec.Struct, frozen=True):
     ended_at: float = 0.0
     answered: int = 0  # settled from an answer (ok, escalated or dead)
     fell_back: int = 0  # sent to the sync lane: expired, canceled or errored by the provider
+    failed: int = 0  # errored for a reason of the job's own (an invalid request): settled as a sync call's would be
 
 
 class Rejection(msgspec.Struct, frozen=True):

@@ -213,6 +213,11 @@ async def test_partial_failures_expiry_and_bad_answers_each_take_their_own_way(a
     assert by_job["j0003"].status is Status.ESCALATED and by_job["j0003"].error_class == "uncertain"
     assert by_job["j0003"].cost > 0  # billed at the batch price though not kept
     assert by_job["malformed"].status is Status.DEAD and by_job["malformed"].error_class == "bad_request"
+    done_cheap, done_premium = [await lane.store.record(b.draft) for b in (cheap, premium)]
+    assert done_cheap is not None and done_premium is not None
+    assert (done_cheap.answered, done_cheap.fell_back, done_cheap.failed) == (
+        31 - len(errored) - len(expired), len(errored) + len(expired), 0)  # fmt: skip
+    assert (done_premium.answered, done_premium.fell_back, done_premium.failed) == (0, 0, 1)
     # The unanswered ones wait on their own tier's sync queue; the escalated one on the next tier's.
     assert await app.redis.zcard(app.keys.queue("cheap")) == len(errored) + len(expired)
     assert await app.redis.zcard(app.keys.queue("standard")) == 1

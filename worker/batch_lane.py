@@ -279,7 +279,7 @@ class BatchLane:
         ended = self._clock()
         indices = set(await self.store.indices(batch.draft))
         seen: set[int] = set()
-        answered = settled = 0
+        answered = not_answered = settled = 0
         renew_at = LEASE_EVERY
         chunk: list[tuple[int, BatchItem]] = []
         await self._still_leading()
@@ -289,6 +289,7 @@ class BatchLane:
                 continue
             seen.add(index)
             answered += item.completion is not None
+            not_answered += isinstance(item.error, NOT_ANSWERED)
             chunk.append((index, item))
             if len(chunk) >= SETTLE_CONCURRENCY:
                 settled += await self._settle_chunk(batch, chunk, ended)
@@ -300,11 +301,15 @@ class BatchLane:
         chunk += [(i, BatchItem(custom_id(batch.draft, i), None, missing)) for i in sorted(indices - seen)]
         for start in range(0, len(chunk), SETTLE_CONCURRENCY):
             settled += await self._settle_chunk(batch, chunk[start : start + SETTLE_CONCURRENCY], ended)
-        done = msgspec.structs.replace(batch, ended_at=ended, answered=answered, fell_back=len(indices) - answered)
+        absent = len(indices - seen)
+        done = msgspec.structs.replace(
+            batch, ended_at=ended, answered=answered, fell_back=not_answered + absent,
+            failed=len(seen) - answered - not_answered,
+        )  # fmt: skip
         await self.store.finish(done)
         self._polled.pop(batch.draft, None)
         log.info("batch done", draft=batch.draft, tier=batch.tier, model=batch.model, answered=answered,
-                 fell_back=done.fell_back, settled_now=settled)  # fmt: skip
+                 fell_back=done.fell_back, failed=done.failed, settled_now=settled)  # fmt: skip
         return settled
 
     async def _settle_chunk(self, batch: LaneBatch, chunk: Sequence[tuple[int, BatchItem]], ended: float) -> int:
