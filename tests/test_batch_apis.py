@@ -1,5 +1,7 @@
-"""The two batch adapters (worker/anthropic_batches.py, worker/openai_batches.py) against the fake
-provider's batch routes, configured only by the SDKs' own env variables."""
+"""The batch adapters (worker/anthropic_batches.py, worker/openai_batches.py, worker/gemini_batches.py)
+against the fake provider's batch routes, configured only by the SDKs' own env variables. What every
+provider does alike is one test run for each `Spec`; what is one provider's own is a test of its own
+(Gemini's in tests/test_gemini_batches.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,6 +20,7 @@ from tests.fake_provider import FakeProvider
 from worker.anthropic_batches import AnthropicBatches
 from worker.anthropic_provider import message_body
 from worker.batch_api import BatchAPI, BatchCanceled, BatchExpired, BatchItem, BatchRequest
+from worker.gemini_batches import GeminiBatches
 from worker.openai_batches import OpenAIBatches
 from worker.openai_provider import chat_body
 from worker.provider import (
@@ -31,20 +35,69 @@ from worker.provider import (
 )
 
 
+def gemini_body(request: CompletionRequest) -> dict[str, object]:
+    """An inline request as Gemini's REST API takes it: the sync adapter's generateContent call, with
+    its model named. The SDK builds it privately from `generate_args`, so it is written out here."""
+    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+    config: dict[str, object] = {"maxOutputTokens": request.max_output_tokens}
+    if request.json_mode:
+        config["responseMimeType"] = "application/json"
+    body: dict[str, object] = {
+        "model": f"models/{request.model}",
+        "contents": [
+            {"parts": [{"text": m.content}], "role": "model" if m.role == "assistant" else "user"}
+            for m in request.messages
+            if m.role != "system"
+        ],
+        "generationConfig": config,
+    }
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": system}], "role": "user"}
+    return body
+
+
 @dataclass(frozen=True)
 class Spec:
+    """One provider's adapter, and what its tests expect of it that differs from the others'."""
+
     provider: str
     build: Callable[..., BatchAPI]
     model: str
     key_var: str
     url_var: str
-    body: Callable[[CompletionRequest], dict[str, object]]  # what the sync adapter sends
+    body: Callable[[CompletionRequest], dict[str, object]]  # what one request is sent as
+    limits: tuple[int, int]  # (max_requests, max_bytes)
 
 
-SPECS = [
-    Spec("anthropic", AnthropicBatches, "claude-test", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", message_body),
-    Spec("openai", OpenAIBatches, "gpt-test", "OPENAI_API_KEY", "OPENAI_BASE_URL", chat_body),
-]
+MiB = 1024 * 1024
+ANTHROPIC = Spec(
+    provider="anthropic",
+    build=AnthropicBatches,
+    model="claude-test",
+    key_var="ANTHROPIC_API_KEY",
+    url_var="ANTHROPIC_BASE_URL",
+    body=message_body,
+    limits=(100_000, 256 * MiB),
+)
+OPENAI = Spec(
+    provider="openai",
+    build=OpenAIBatches,
+    model="gpt-test",
+    key_var="OPENAI_API_KEY",
+    url_var="OPENAI_BASE_URL",
+    body=chat_body,
+    limits=(50_000, 200 * MiB),
+)
+GEMINI = Spec(
+    provider="gemini",
+    build=GeminiBatches,
+    model="gemini-test",
+    key_var="GEMINI_API_KEY",
+    url_var="GOOGLE_GEMINI_BASE_URL",
+    body=gemini_body,
+    limits=(2_000, 20 * MiB - 1024),  # 20 MB a create's whole body, less room for what wraps the requests
+)
+SPECS = [ANTHROPIC, OPENAI, GEMINI]
 
 
 @pytest.fixture(params=SPECS, ids=[s.provider for s in SPECS])
@@ -58,6 +111,11 @@ async def api(spec: Spec, sdk_env: dict[str, str]) -> AsyncIterator[BatchAPI]:
     adapter = spec.build()  # no arguments: the SDK reads its own variables
     yield adapter
     await adapter.aclose()
+
+
+def only(spec: Spec) -> pytest.MarkDecorator:
+    """A test of what is one provider's own: run with that provider's `spec`, and so its `api`, alone."""
+    return pytest.mark.parametrize("spec", [spec], ids=[spec.provider], indirect=True)
 
 
 def _items(draft: str, model: str, n: int, system: str | None = None) -> list[BatchRequest]:
@@ -81,6 +139,7 @@ async def test_submit_end_and_results(spec: Spec, api: BatchAPI, fake: FakeProvi
     batch_id = await api.submit(items, "d1")
     assert not await api.ended(batch_id)
     sent = fake.batches.batch(batch_id).requests
+    assert [r.custom_id for r in sent] == ["d1-0", "d1-1", "d1-2"]  # each request carries its custom id
     assert [r.body for r in sent] == [json.loads(json.dumps(spec.body(i.request))) for i in items]
 
     fake.batches.end(batch_id)
@@ -91,14 +150,25 @@ async def test_submit_end_and_results(spec: Spec, api: BatchAPI, fake: FakeProvi
     for i in range(3):
         completion = results[f"d1-{i}"].completion
         assert completion is not None and results[f"d1-{i}"].error is None
-        assert completion.text == f"[{spec.model}] question {i}"
+        assert completion.text == f"[{spec.model}] question {i}"  # what the sync route answers
         assert completion.finish_reason == "stop"
         assert completion.input_tokens == math.ceil(len(f"Be brief.\nquestion {i}") / 4)
         assert completion.output_tokens == math.ceil(len(completion.text) / 4)
         assert completion.requests_left is None  # no rate-limit headers on a batch result
-    billed = [(c.status, c.batch, c.input_tokens, c.output_tokens) for c in fake.calls()]  # answered in order
+    billed = [(c.provider, c.status, c.batch, c.input_tokens, c.output_tokens) for c in fake.calls()]  # in order
     completions = [results[f"d1-{i}"].completion for i in range(3)]
-    assert billed == [(200, batch_id, c.input_tokens, c.output_tokens) for c in completions if c is not None]
+    assert billed == [
+        (spec.provider, 200, batch_id, c.input_tokens, c.output_tokens) for c in completions if c is not None
+    ]
+
+
+async def test_a_long_answer_is_cut_at_the_limit(spec: Spec, api: BatchAPI, fake: FakeProvider) -> None:
+    fake.reply(spec.model, "word " * 200)
+    batch_id = await api.submit(_items("d16", spec.model, 1), "d16")
+    fake.batches.end(batch_id)
+    [item] = (await _results(api, batch_id)).values()
+    assert item.completion is not None
+    assert (item.completion.finish_reason, item.completion.output_tokens) == ("length", 64)
 
 
 async def test_results_read_twice_are_the_same_and_billed_once(spec: Spec, api: BatchAPI, fake: FakeProvider) -> None:
@@ -186,61 +256,58 @@ async def test_find_recovers_a_batch_submitted_but_not_recorded(spec: Spec, api:
     assert await api.find("d7", 3, since + 3600, set()) is None  # created before `since`
 
 
-async def test_anthropic_find_gives_up_when_two_batches_could_be_the_draft(fake: FakeProvider, sdk_env: object) -> None:
-    api = AnthropicBatches()
-    try:
-        since = time.time()
-        first = await api.submit(_items("d8", "claude-test", 2), "d8")
-        second = await api.submit(_items("d9", "claude-test", 2), "d9")
-        assert await api.find("d8", 2, since, set()) is None  # no metadata tells them apart
-        assert await api.find("d8", 2, since, {second}) == first
-        assert await api.find("d8", 3, since, set()) is None
-    finally:
-        await api.aclose()
+@only(ANTHROPIC)
+async def test_anthropic_find_gives_up_when_two_batches_could_be_the_draft(api: BatchAPI) -> None:
+    since = time.time()
+    first = await api.submit(_items("d8", ANTHROPIC.model, 2), "d8")
+    second = await api.submit(_items("d9", ANTHROPIC.model, 2), "d9")
+    assert await api.find("d8", 2, since, set()) is None  # no metadata tells them apart
+    assert await api.find("d8", 2, since, {second}) == first
+    assert await api.find("d8", 3, since, set()) is None
 
 
-async def test_openai_find_goes_by_the_draft_in_the_metadata(fake: FakeProvider, sdk_env: object) -> None:
-    api = OpenAIBatches()
-    try:
-        since = time.time()
-        first = await api.submit(_items("d8", "gpt-test", 2), "d8")
-        await api.submit(_items("d9", "gpt-test", 2), "d9")
-        assert await api.find("d8", 2, since, set()) == first
-        assert await api.find("d1", 2, since, set()) is None
-    finally:
-        await api.aclose()
+@only(OPENAI)
+async def test_openai_find_goes_by_the_draft_in_the_metadata(api: BatchAPI) -> None:
+    since = time.time()
+    first = await api.submit(_items("d8", OPENAI.model, 2), "d8")
+    await api.submit(_items("d9", OPENAI.model, 2), "d9")
+    assert await api.find("d8", 2, since, set()) == first
+    assert await api.find("d1", 2, since, set()) is None
 
 
-async def test_openai_batch_failing_validation_yields_nothing(fake: FakeProvider, sdk_env: object) -> None:
-    api = OpenAIBatches()
-    try:
-        items = [*_items("d10", "gpt-test", 1), *_items("d11", "gpt-other", 1)]  # one model a batch
-        batch_id = await api.submit(items, "d10")
-        assert await api.ended(batch_id)
-        assert await _results(api, batch_id) == {}
-    finally:
-        await api.aclose()
+@only(OPENAI)
+async def test_openai_batch_failing_validation_yields_nothing(api: BatchAPI) -> None:
+    items = [*_items("d10", OPENAI.model, 1), *_items("d11", "gpt-other", 1)]  # one model a batch
+    batch_id = await api.submit(items, "d10")
+    assert await api.ended(batch_id)
+    assert await _results(api, batch_id) == {}
 
 
-async def test_request_bytes_count_what_is_sent(spec: Spec, api: BatchAPI, fake: FakeProvider) -> None:
-    items = _items("d12", spec.model, 3, system="Ünïcode façade, “quoted”")
+async def test_limits_are_the_providers(spec: Spec, api: BatchAPI) -> None:
+    assert (api.max_requests, api.max_bytes) == spec.limits
+
+
+@only(ANTHROPIC)
+async def test_anthropic_request_bytes_count_what_is_sent(api: BatchAPI, fake: FakeProvider) -> None:
+    items = _items("d12", ANTHROPIC.model, 3, system="Ünïcode façade, “quoted”")
     counted = sum(api.request_bytes(item) for item in items)
-    if spec.provider == "anthropic":  # the body is {"requests":[...]}: its commas, brackets and key
-        fake.batches.anthropic_max_bytes = counted + len('{"requests":[]}') - 1
+    # The body is {"requests":[...]}: the requests, the commas between them, brackets and key.
+    fake.batches.anthropic_max_bytes = counted + len('{"requests":[]}') - 1
+    await api.submit(items, "d12")
+    fake.batches.anthropic_max_bytes -= 1
+    with pytest.raises(BadRequest) as caught:
         await api.submit(items, "d12")
-        fake.batches.anthropic_max_bytes -= 1
-        with pytest.raises(BadRequest) as caught:
-            await api.submit(items, "d12")
-        assert caught.value.status == 413
-    else:  # the file is the lines, each with its newline
-        fake.batches.openai_max_bytes = counted
-        assert len(await _results_after_end(api, await api.submit(items, "d12"), fake)) == 3
-        fake.batches.openai_max_bytes = counted - 1
-        assert await _results_after_end(api, await api.submit(items, "d12"), fake) == {}  # failed: too big
-    assert (api.max_requests, api.max_bytes) == {
-        "anthropic": (100_000, 256 * 1024 * 1024),
-        "openai": (50_000, 200 * 1024 * 1024),
-    }[spec.provider]
+    assert caught.value.status == 413
+
+
+@only(OPENAI)
+async def test_openai_request_bytes_count_what_is_sent(api: BatchAPI, fake: FakeProvider) -> None:
+    items = _items("d12", OPENAI.model, 3, system="Ünïcode façade, “quoted”")
+    counted = sum(api.request_bytes(item) for item in items)
+    fake.batches.openai_max_bytes = counted  # the file is the lines, each with its newline
+    assert len(await _results_after_end(api, await api.submit(items, "d12"), fake)) == 3
+    fake.batches.openai_max_bytes = counted - 1
+    assert await _results_after_end(api, await api.submit(items, "d12"), fake) == {}  # failed: too big
 
 
 async def _results_after_end(api: BatchAPI, batch_id: str, fake: FakeProvider) -> dict[str, BatchItem]:
@@ -271,7 +338,8 @@ async def test_connection_refused_is_transient(spec: Spec, sdk_env: dict[str, st
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    closed = f"http://127.0.0.1:{port}" + ("/v1" if spec.provider == "openai" else "")
+    # The SDK's own base URL for the fake (with whatever path that SDK wants), on a port nobody listens on.
+    closed = urlsplit(sdk_env[spec.url_var])._replace(netloc=f"127.0.0.1:{port}").geturl()
     api = spec.build(base_url=closed)
     try:
         with pytest.raises(Transient):

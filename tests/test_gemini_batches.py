@@ -1,16 +1,17 @@
-"""Gemini batch mode (worker/gemini_batches.py) against the fake provider's Gemini batch routes, through
-the google-genai SDK configured only by its own env variables; and a Gemini tier through the batch lane."""
+"""What is Gemini's own in batch mode (worker/gemini_batches.py), against the fake provider's Gemini batch
+routes through the google-genai SDK configured only by its own env variables: the inline request's form,
+custom ids in metadata, find by display name, the byte limit, a create never retried; and a Gemini tier
+through the batch lane. What Gemini does as every provider does is tests/test_batch_apis.py's."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
-import socket
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,25 +21,16 @@ from ladder.settings import Settings
 from policies.config import Candidate, parse_policies
 from policies.lanes import Lanes
 from policies.prices import PriceBook
+from tests import fake_batches
 from tests.fake_provider import FakeProvider
 from worker import gemini_batches
-from worker.batch_api import BatchCanceled, BatchExpired, BatchItem, BatchRequest
+from worker.batch_api import BatchItem, BatchRequest
 from worker.batch_apis import batch_apis
 from worker.batch_lane import BatchLane
 from worker.gemini_batches import GeminiBatches
-from worker.provider import (
-    BadRequest,
-    CompletionRequest,
-    Fatal,
-    MalformedResponse,
-    Overloaded,
-    ProviderError,
-    RateLimited,
-    Transient,
-)
+from worker.provider import BadRequest, CompletionRequest, Overloaded
 
 MODEL = "gemini-test"
-KEY_VAR = "GEMINI_API_KEY"
 
 
 @pytest.fixture
@@ -60,17 +52,13 @@ async def _results(api: GeminiBatches, batch_id: str) -> dict[str, BatchItem]:
     return {item.custom_id: item async for item in api.results(batch_id)}
 
 
-def _errors(items: dict[str, BatchItem]) -> dict[str, ProviderError]:
-    return {cid: item.error for cid, item in items.items() if item.error is not None}
-
-
-async def test_submit_end_and_results_by_custom_id(api: GeminiBatches, fake: FakeProvider) -> None:
-    items = _items("d1", 3, system="Be brief.", json_mode=True)
-    batch_id = await api.submit(items, "d1")
-    assert batch_id.startswith("batches/") and not await api.ended(batch_id)
-    # Each inline request is the sync adapter's call, keyed by its custom id.
+async def test_an_inline_request_is_the_generate_content_call_keyed_by_its_custom_id(
+    api: GeminiBatches, fake: FakeProvider
+) -> None:
+    batch_id = await api.submit(_items("d1", 2, system="Be brief.", json_mode=True), "d1")
+    assert batch_id.startswith("batches/")  # the batch's resource name, which the other calls take whole
     sent = fake.batches.batch(batch_id).requests
-    assert [r.custom_id for r in sent] == ["d1-0", "d1-1", "d1-2"]
+    assert [r.custom_id for r in sent] == ["d1-0", "d1-1"]  # the fake reads them from the metadata's key
     assert sent[1].body == {
         "model": f"models/{MODEL}",
         "contents": [{"parts": [{"text": "question 1"}], "role": "user"}],
@@ -78,100 +66,21 @@ async def test_submit_end_and_results_by_custom_id(api: GeminiBatches, fake: Fak
         "generationConfig": {"maxOutputTokens": 64, "responseMimeType": "application/json"},
     }
 
-    fake.batches.end(batch_id)
-    assert await api.ended(batch_id)
-    results = await _results(api, batch_id)
 
-    assert sorted(results) == ["d1-0", "d1-1", "d1-2"]
-    for i in range(3):
-        completion = results[f"d1-{i}"].completion
-        assert completion is not None and results[f"d1-{i}"].error is None
-        assert completion.text == f"[{MODEL}] question {i}"  # what the sync route answers
-        assert completion.finish_reason == "stop"
-        assert completion.input_tokens == math.ceil(len(f"Be brief.\nquestion {i}") / 4)
-        assert completion.output_tokens == math.ceil(len(completion.text) / 4)
-    billed = [(c.provider, c.status, c.batch, c.input_tokens, c.output_tokens) for c in fake.calls()]
-    completions = [results[f"d1-{i}"].completion for i in range(3)]
-    assert billed == [("gemini", 200, batch_id, c.input_tokens, c.output_tokens) for c in completions if c]
-
-
-async def test_a_long_answer_is_cut_at_the_limit(api: GeminiBatches, fake: FakeProvider) -> None:
-    fake.reply(MODEL, "word " * 200)
-    batch_id = await api.submit(_items("d2", 1), "d2")
-    fake.batches.end(batch_id)
-    [item] = (await _results(api, batch_id)).values()
-    assert item.completion is not None
-    assert (item.completion.finish_reason, item.completion.output_tokens) == ("length", 64)
-
-
-async def test_results_read_twice_are_the_same_and_billed_once(api: GeminiBatches, fake: FakeProvider) -> None:
-    batch_id = await api.submit(_items("d3", 2), "d3")
-    fake.batches.end(batch_id)
-    first, second = await _results(api, batch_id), await _results(api, batch_id)
-    assert first == second and len(first) == 2
-    assert len(fake.calls()) == 2
-    assert fake.batches.batch(batch_id).results_reads == 2  # each read is one GET of the ended batch
-
-
-@pytest.mark.parametrize(
-    ("kind", "error"),
-    [
-        ("invalid_request", BadRequest),
-        ("overloaded", Overloaded),
-        ("rate_limit", RateLimited),
-        ("authentication", Fatal),
-        ("api_error", Transient),
-        ("malformed", MalformedResponse),
-    ],
-)
-async def test_errored_requests_are_mapped(
-    api: GeminiBatches, fake: FakeProvider, kind: str, error: type[ProviderError]
+async def test_a_response_without_its_key_is_mapped_by_its_place(
+    api: GeminiBatches, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake.batches.fail_items(MODEL, 0.5, kind, seed=2)
-    batch_id = await api.submit(_items("d4", 8), "d4")
+    keyed = fake_batches._gemini_response
+
+    def unkeyed(request: fake_batches._Request) -> dict[str, Any]:  # the request's metadata not echoed
+        return {name: value for name, value in keyed(request).items() if name != "metadata"}
+
+    monkeypatch.setattr(fake_batches, "_gemini_response", unkeyed)
+    batch_id = await api.submit(_items("d2", 3), "d2")
     fake.batches.end(batch_id)
     results = await _results(api, batch_id)
-    requests = fake.batches.batch(batch_id).requests
-    failed = {r.custom_id for r in requests if r.outcome == "errored"}
-    if kind == "malformed":  # the fake calls these succeeded: their answer is what cannot be read
-        failed = {r.custom_id for r in requests} - {cid for cid, item in results.items() if item.completion}
-
-    errors = _errors(results)
-    assert len(results) == 8 and 0 < len(errors) < 8
-    assert set(errors) == failed
-    assert all(type(e) is error for e in errors.values()), errors
-    assert all(item.completion is not None for cid, item in results.items() if cid not in errors)
-
-
-async def test_expired_requests(api: GeminiBatches, fake: FakeProvider) -> None:
-    batch_id = await api.submit(_items("d5", 3), "d5")
-    fake.batches.end_partially(batch_id, 1)
-    assert not await api.ended(batch_id)
-    fake.batches.expire(batch_id)
-    assert await api.ended(batch_id)
-
-    results = await _results(api, batch_id)
-    assert results["d5-0"].completion is not None
-    assert {cid: type(e) for cid, e in _errors(results).items()} == {"d5-1": BatchExpired, "d5-2": BatchExpired}
-    assert len(fake.calls()) == 1
-
-
-async def test_cancel(api: GeminiBatches, fake: FakeProvider) -> None:
-    batch_id = await api.submit(_items("d6", 3), "d6")
-    fake.batches.end_partially(batch_id, 1)
-    await api.cancel(batch_id)
-    assert await api.ended(batch_id)
-    await api.cancel(batch_id)  # already ended: nothing to do, and no error
-
-    results = await _results(api, batch_id)
-    assert results["d6-0"].completion is not None
-    assert {cid: type(e) for cid, e in _errors(results).items()} == {"d6-1": BatchCanceled, "d6-2": BatchCanceled}
-
-
-async def test_results_of_a_batch_in_progress_are_refused(api: GeminiBatches) -> None:
-    batch_id = await api.submit(_items("d7", 1), "d7")
-    with pytest.raises(BadRequest):
-        await _results(api, batch_id)
+    texts = {cid: item.completion.text if item.completion else None for cid, item in results.items()}
+    assert texts == {f"d2-{i}": f"[{MODEL}] question {i}" for i in range(3)}
 
 
 async def test_find_goes_by_the_display_name(api: GeminiBatches, fake: FakeProvider) -> None:
@@ -212,7 +121,6 @@ async def test_request_bytes_count_what_the_sdk_sends(api: GeminiBatches, fake: 
         await api.submit(items, draft)
     assert caught.value.status == 400 and "payload size" in str(caught.value)
     assert envelope < 20 * 1024 * 1024 - api.max_bytes  # max_bytes leaves the envelope its room
-    assert (api.max_requests, api.max_bytes) == (2_000, 20 * 1024 * 1024 - 1024)
 
 
 async def test_a_batch_is_made_on_one_model(api: GeminiBatches, fake: FakeProvider) -> None:
@@ -220,37 +128,6 @@ async def test_a_batch_is_made_on_one_model(api: GeminiBatches, fake: FakeProvid
     with pytest.raises(BadRequest):
         await api.submit(items, "d12")
     assert not fake.batches.submitted()
-
-
-async def test_an_api_key_never_shows_in_an_error(
-    api: GeminiBatches, fake: FakeProvider, sdk_env: dict[str, str]
-) -> None:
-    key = sdk_env[KEY_VAR]
-    fake.batches.fail_items(MODEL, 1.0, "authentication")  # the item's message echoes the key
-    batch_id = await api.submit(_items("d13", 1), "d13")
-    fake.batches.end(batch_id)
-    [item] = (await _results(api, batch_id)).values()
-    assert isinstance(item.error, Fatal)
-    assert key not in str(item.error) and "Incorrect API key provided" in str(item.error)
-
-    fake.batches.reject_key(401)  # every control call refused, the key echoed whole
-    for call in (api.submit(_items("d14", 1), "d14"), api.ended(batch_id), api.cancel(batch_id)):
-        with pytest.raises(Fatal) as caught:
-            await call
-        assert key not in str(caught.value) and key not in repr(caught.value)
-        assert key not in str(caught.value.__cause__)
-
-
-async def test_connection_refused_is_transient(sdk_env: dict[str, str]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    api = GeminiBatches(base_url=f"http://127.0.0.1:{port}")
-    try:
-        with pytest.raises(Transient):
-            await api.submit(_items("d15", 1), "d15")
-    finally:
-        await api.aclose()
 
 
 async def test_the_create_is_never_retried_the_control_calls_are(sdk_env: dict[str, str]) -> None:
