@@ -32,6 +32,7 @@ from worker.batch_lane import BatchLane, LeaseLost
 from worker.batch_store import custom_id, new_draft_id
 from worker.budget import BudgetBook
 from worker.clickhouse import ClickHouse
+from worker.provider import Overloaded, RateLimited
 from worker.steps import request_for
 
 BATCH_TIERS = """
@@ -465,3 +466,26 @@ async def test_a_process_that_lost_the_lease_sends_nothing_and_the_holder_sends_
     assert not await outcomes(app)
     await other.poll(force=True)
     assert len(final_rows(await outcomes(app))) == 4 and len(fake.batches.submitted()) == 1
+
+
+async def test_a_busy_provider_is_asked_again_however_often_and_never_loses_the_jobs_to_the_sync_lane(
+    app: App, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await app.producer(Lane.BATCH).submit(jobs(3), "b15")
+    lane = lane_of(app)
+    api = lane._apis["openai"]
+    real_submit, refusals = api.submit, [RateLimited("429", status=429), Overloaded("503", status=503)] * 3
+
+    async def busy_then_real(items: Any, draft: str) -> str:
+        if refusals:
+            raise refusals.pop()
+        return await real_submit(items, draft)
+
+    monkeypatch.setattr(api, "submit", busy_then_real)
+    await lane.submit_due(eager=True)
+    for _ in range(5):  # six refusals in all: more than a 4xx is allowed, and still no job leaves
+        await lane.poll(force=True)
+        assert not await app.redis.zcard(app.keys.queue("cheap"))
+    assert not fake.batches.submitted()
+    await lane.poll(force=True)
+    assert [len(b.requests) for b in fake.batches.submitted()] == [3]

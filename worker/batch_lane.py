@@ -185,7 +185,7 @@ class BatchLane:
         self._polled[batch.draft] = self._clock()  # tried again a poll interval from now
         log.warning("batch submission failed", draft=batch.draft, provider=batch.provider, model=batch.model,
                     error_class=error.error_class, error=str(error)[:300], failures=failures)  # fmt: skip
-        if isinstance(error, Transient) or failures < MAX_SUBMIT_FAILURES:
+        if isinstance(error, PASSING) or failures < MAX_SUBMIT_FAILURES:
             return  # the next pass recovers the draft and tries again
         await self._release_holds(batch, kept)
         await self.store.to_sync_lane(batch.draft, {i: _on_sync_lane(t) for i, t in kept.items()})
@@ -400,6 +400,8 @@ class LeaseLost(Exception):
     pass
 
 
+# A submission that failed this way is tried again however often: the provider is busy or away.
+PASSING = (Transient, Overloaded, RateLimited)
 # Requests the provider did not answer, through no fault of the job: answered on the sync lane.
 NOT_ANSWERED = (BatchExpired, BatchCanceled, Transient, Overloaded, RateLimited)
 _ZERO = Decimal(0)
