@@ -75,27 +75,31 @@ class _SlowHandler(BaseHTTPRequestHandler):
             delay = self.server.delay
         if self.server.stopping.wait(delay):
             return
-        answer = {
-            "id": "chatcmpl-slow",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer: {prompt}"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-        }  # fmt: skip
-        data = json.dumps(answer).encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            pass  # the worker gave up on the call (cancelled by the hand-back)
+        send_chat_answer(self, body["model"], prompt)  # False: the worker gave up on the call (a hand-back)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def send_chat_answer(handler: BaseHTTPRequestHandler, model: str, prompt: str) -> bool:
+    """Answer an OpenAI chat call with "answer: <prompt>" (10 tokens in, 5 out); False when the client
+    had hung up (a cancelled call)."""
+    answer = {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer: {prompt}"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }  # fmt: skip
+    data = json.dumps(answer).encode()
+    try:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    except OSError:
+        return False
+    return True
 
 
 def serve_slowly() -> Iterator[SlowServer]:

@@ -28,7 +28,6 @@ import json
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,7 +45,7 @@ from policies.customers import Customer
 from producer.submit import SubmitReport
 from tests.helpers import ladder
 from tests.processes import Process, clickhouse_rows, free_port, http_get, wait_for
-from tests.slow_provider import SLOW_POLICIES
+from tests.slow_provider import SLOW_POLICIES, send_chat_answer
 from worker.budget import BudgetBook, BudgetRow
 
 KEYS = Keys("ladder")
@@ -144,20 +143,7 @@ class _GatedHandler(BaseHTTPRequestHandler):
         while not self.server.gate.wait(0.05):
             if self.server.stopping.is_set():
                 return
-        answer = {
-            "id": "chatcmpl-gated", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer: {prompt}"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-        }  # fmt: skip
-        data = json.dumps(answer).encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
+        if not send_chat_answer(self, body["model"], prompt):
             return
         with self.server.lock:
             self.server.answered += 1
