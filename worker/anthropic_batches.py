@@ -21,7 +21,7 @@ import httpx2
 import msgspec
 from anthropic.types.messages import MessageBatch
 
-from worker.anthropic_provider import completion_from, message_body
+from worker.anthropic_provider import completion_from, message_body, status_error
 from worker.batch_api import BatchCanceled, BatchExpired, BatchItem, BatchRequest
 from worker.provider import (
     BadRequest,
@@ -29,7 +29,6 @@ from worker.provider import (
     ProviderError,
     Transient,
     error_for_status,
-    parse_retry_after,
 )
 
 CONTROL_RETRIES = 2
@@ -185,9 +184,7 @@ class AnthropicBatches:
         try:
             yield
         except anthropic.APIStatusError as exc:
-            message = f"{self.name} {exc.status_code}: {exc.api_message or exc.message}"
-            retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
-            raise error_for_status(exc.status_code, message, retry_after) from exc
+            raise status_error(exc, self.name) from exc
         except anthropic.APIConnectionError as exc:  # APITimeoutError included
             raise Transient(f"{self.name}: {exc.message}") from exc
         except anthropic.APIResponseValidationError as exc:

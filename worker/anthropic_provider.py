@@ -69,7 +69,7 @@ class AnthropicProvider:
         try:
             raw = await self._client.post("/v1/messages", body=message_body(request), cast_to=httpx2.Response)
         except anthropic.APIStatusError as exc:
-            raise _status_error(exc) from exc
+            raise status_error(exc) from exc
         except anthropic.APIConnectionError as exc:  # APITimeoutError included
             raise Transient(f"anthropic: {exc.message}") from exc
         return completion_from(raw.content, raw.headers)
@@ -113,6 +113,7 @@ def completion_from(raw: bytes | msgspec.Raw, headers: Mapping[str, str] | None 
     )
 
 
-def _status_error(exc: anthropic.APIStatusError) -> ProviderError:
-    message = f"anthropic {exc.status_code}: {exc.api_message or exc.message}"
+def status_error(exc: anthropic.APIStatusError, name: str = "anthropic") -> ProviderError:
+    """An SDK error answer mapped as every adapter maps a status (the batch adapter's too)."""
+    message = f"{name} {exc.status_code}: {exc.api_message or exc.message}"
     return error_for_status(exc.status_code, message, parse_retry_after(exc.response.headers.get("retry-after")))

@@ -21,14 +21,13 @@ import msgspec
 import openai
 
 from worker.batch_api import BatchCanceled, BatchExpired, BatchItem, BatchRequest
-from worker.openai_provider import chat_body, completion_from
+from worker.openai_provider import chat_body, completion_from, status_error
 from worker.provider import (
     BadRequest,
     MalformedResponse,
     ProviderError,
     Transient,
     error_for_status,
-    parse_retry_after,
 )
 
 CONTROL_RETRIES = 2
@@ -185,9 +184,7 @@ class OpenAIBatches:
         try:
             yield
         except openai.APIStatusError as exc:
-            message = f"{self.name} {exc.status_code}: {exc.message}"
-            retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
-            raise error_for_status(exc.status_code, message, retry_after) from exc
+            raise status_error(exc, self.name) from exc
         except openai.APIConnectionError as exc:  # APITimeoutError included
             raise Transient(f"{self.name}: {exc.message}") from exc
         except openai.APIResponseValidationError as exc:

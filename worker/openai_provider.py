@@ -123,14 +123,15 @@ async def post_json(
         raw = await client.post(path, body=body, cast_to=httpx2.Response)
         return decoder.decode(raw.content), raw.headers
     except openai.APIStatusError as exc:
-        raise _status_error(exc, name) from exc
+        raise status_error(exc, name) from exc
     except openai.APIConnectionError as exc:  # APITimeoutError included
         raise Transient(f"{name}: {exc.message}") from exc
     except msgspec.DecodeError as exc:  # ValidationError included: a field missing or of the wrong type
         raise MalformedResponse(f"{name}: unreadable response: {exc}") from exc
 
 
-def _status_error(exc: openai.APIStatusError, name: str) -> ProviderError:
+def status_error(exc: openai.APIStatusError, name: str = "openai") -> ProviderError:
+    """An SDK error answer mapped as every adapter maps a status (the batch adapter's too)."""
     message = f"{name} {exc.status_code}: {exc.message}"
     return error_for_status(exc.status_code, message, parse_retry_after(exc.response.headers.get("retry-after")))
 
