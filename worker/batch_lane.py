@@ -220,11 +220,12 @@ class BatchLane:
         """One pass over the open batches; returns how many requests it settled."""
         settled = 0
         for draft in await self.store.open_drafts():
+            # A draft left by a failed submission is tried again at the same pace as batches are polled.
+            # Checked before the record is read: the loop passes every second, a batch is due every minute.
+            if not force and self._clock() - self._polled.get(draft, 0.0) < self.policies.batch.poll_interval_s:
+                continue
             batch = await self.store.record(draft)
             if batch is None:
-                continue
-            # A draft left by a failed submission is tried again at the same pace as batches are polled.
-            if not force and self._clock() - self._polled.get(draft, 0.0) < self.policies.batch.poll_interval_s:
                 continue
             self._polled[draft] = self._clock()
             try:
