@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ladder.messages import Job, Lane
 from policies.config import Candidate, Policies, PolicyError
@@ -31,15 +31,19 @@ class Lanes:
             else:
                 self.batch_models[tier] = candidate
 
-    def chosen(self, job: Job, requested: Lane | None, now: datetime) -> Lane:
+    def chosen(self, job: Job, requested: Lane | None) -> Lane:
         """The lane asked for (`--lane`), else the batch lane for a job whose deadline is at least
-        batch.min_deadline_s away, else sync. The batch lane only when it is enabled."""
+        batch.min_deadline_s away, else sync. The batch lane only when it is enabled. The clock is read
+        only for a job with a deadline: this runs once per enqueued job."""
         if not self._policies.batch.enabled:
             return Lane.SYNC
         if requested is not None:
             return requested
         deadline = job.deadline
-        if deadline is not None and (deadline - now).total_seconds() >= self._policies.batch.min_deadline_s:
+        if (
+            deadline is not None
+            and (deadline - datetime.now(UTC)).total_seconds() >= self._policies.batch.min_deadline_s
+        ):
             return Lane.BATCH
         return Lane.SYNC
 

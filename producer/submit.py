@@ -6,7 +6,6 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -82,7 +81,7 @@ class Producer:
         """The job routed by the rules of its strategy: the default one, or its experiment arm's."""
         chosen = assign(self._policies.experiments, self._policies.routing_strategy, job)
         route = self._routers[chosen.strategy].route(job)
-        lane = self._lanes.chosen(job, self._lane, datetime.now(UTC))
+        lane = self._lanes.chosen(job, self._lane)
         return TierTask(
             job=job,
             batch=batch,
